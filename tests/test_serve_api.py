@@ -1,0 +1,424 @@
+"""`xsearch serve`: the HTTP API against a real uvicorn server on a loopback port.
+
+Real store (tiny fixture ImageBind model, a corpus of every modality), real sockets, real uploads.
+"""
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import xsearch
+from tests.corpus import build_corpus
+from xsearch.cli.main import app as cli_app
+from xsearch.errors import UsageError
+from xsearch.serve import BackgroundServer, check_bind, is_loopback
+
+UPLOAD_LIMIT = 2_000_000  # small, so the 413 test stays cheap; every corpus file is far below it
+UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
+
+
+def index_corpus(root: Path, golden: Path, model: str) -> tuple[xsearch.Store, dict[str, list[Path]]]:
+    files = build_corpus(root, golden)
+    store = xsearch.open(root / "store", model=model)
+    store.index([root / "media"])
+    store.index([root / "depth"], modality="depth")
+    store.index([root / "thermal"], modality="thermal")
+    store.index([root / "imu"])
+    return store, files
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, golden_dir, tiny_model):
+    root = tmp_path_factory.mktemp("serve")
+    store, files = index_corpus(root, golden_dir, tiny_model)
+    yield {"root": root, "store": store, "files": files, "model": tiny_model}
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def server(corpus):
+    with BackgroundServer(corpus["store"], max_upload_bytes=UPLOAD_LIMIT) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
+
+
+def item_id(store: xsearch.Store, path: Path) -> int:
+    return store.storage.item_by_path(str(path)).id
+
+
+def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+    """A GET that sends ``path`` byte for byte (httpx would normalise ``..`` away)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def upload_dirs() -> set[str]:
+    return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("xsearch-upload-")}
+
+
+# --------------------------------------------------------------------------- searching
+
+
+def test_text_search_json(client, corpus):
+    r = client.post("/api/search", json={"text": "a dog", "target": "image", "k": 3})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    expected = corpus["store"].search(text="a dog", target="image", k=3)
+    assert [x["path"] for x in results] == [h.path for h in expected]
+    for rank, x in enumerate(results, 1):
+        assert {"id", "path", "modality", "score", "media_url", "facts", "rank"} <= set(x)
+        assert x["modality"] == "image" and x["rank"] == rank
+        assert x["media_url"] == f"/media/{x['id']}"
+    scores = [x["score"] for x in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_targets_filters_weights_and_snippets(client, corpus):
+    body = {"text": ["a dog@2", ["rain", -0.5]], "target": ["image", "text"], "k": 50,
+            "filters": {"folder": str(corpus["root"] / "media" / "notes")}}
+    r = client.post("/api/search", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert [(i["value"], i["weight"]) for i in data["query"]["inputs"]] == [("a dog", 2.0), ("rain", -0.5)]
+    assert {x["modality"] for x in data["results"]} == {"text"}
+    assert sorted(x["path"] for x in data["results"]) == sorted(str(p) for p in corpus["files"]["text"])
+    snippets = {x["facts"]["snippet"].strip() for x in data["results"]}
+    assert "a dog barking at the mailman" in snippets
+    r = client.post("/api/search", json={"text": "x", "k": 50, "filters": {"glob": "*.flac", "min_score": -1}})
+    assert [x["path"] for x in r.json()["results"]] == [str(p) for p in corpus["files"]["audio"] if p.suffix == ".flac"]
+
+
+@pytest.mark.parametrize("modality", UPLOAD_MODALITIES)
+def test_upload_each_modality_finds_the_same_file(client, corpus, modality):
+    before = upload_dirs()
+    path = corpus["files"][modality][0]
+    with open(path, "rb") as f:
+        r = client.post("/api/search", data={"target": modality, "k": "3"}, files={modality: (path.name, f)})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    top = data["results"][0]
+    assert top["id"] == item_id(corpus["store"], path)
+    assert top["modality"] == modality and top["score"] == pytest.approx(1.0, abs=1e-3)
+    # the echo names the uploaded file, never the server's temp copy
+    assert data["query"]["inputs"] == [{"kind": modality, "value": path.name, "weight": 1.0}]
+    assert upload_dirs() <= before  # the temp copy is gone
+    if modality in ("depth", "thermal", "imu", "video"):
+        assert top["preview_url"] == f"/api/items/{top['id']}/preview.png"
+
+
+def test_upload_weights_and_mixed_inputs(client, corpus):
+    a, b = corpus["files"]["image"][:2]
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        r = client.post(
+            "/api/search",
+            data={"target": "image", "k": "10", "image_weight": ["2", "-1"], "text": "a dog@0.5"},
+            files=[("image", (a.name, fa)), ("image", (b.name, fb))],
+        )
+    assert r.status_code == 200, r.text
+    data = r.json()
+    weights = {i["value"]: i["weight"] for i in data["query"]["inputs"]}
+    assert weights == {a.name: 2.0, b.name: -1.0, "a dog": 0.5}
+    scores = {x["path"]: x["score"] for x in data["results"]}
+    assert scores[str(a)] > scores[str(b)]
+
+
+def test_like_by_id_and_by_path(client, corpus):
+    store = corpus["store"]
+    a = corpus["files"]["image"][0]
+    by_id = client.post("/api/search", json={"like": item_id(store, a), "target": "image"}).json()["results"]
+    by_path = client.post("/api/search", json={"like": str(a), "target": "image"}).json()["results"]
+    expected = store.search(like=str(a), target="image")
+    assert [x["path"] for x in by_id] == [x["path"] for x in by_path] == [h.path for h in expected]
+    assert str(a) not in [x["path"] for x in by_id]
+    form = client.post("/api/search", data={"like": str(item_id(store, a)), "target": "image"}).json()["results"]
+    assert [x["path"] for x in form] == [h.path for h in expected]
+
+
+# --------------------------------------------------------------------------- items and media
+
+
+def test_item_metadata(client, corpus):
+    path = corpus["files"]["video"][0]
+    i = item_id(corpus["store"], path)
+    r = client.get(f"/api/items/{i}")
+    assert r.status_code == 200
+    data = r.json()
+    assert (data["id"], data["path"], data["modality"], data["media_url"]) == (i, str(path), "video", f"/media/{i}")
+    assert data["status"] == "ok" and isinstance(data["facts"], dict)
+    assert client.get("/api/items/999999").status_code == 404
+    assert client.get("/api/items/abc").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("modality", "content_type"),
+    [("image", "image/jpeg"), ("audio", "audio/x-wav"), ("video", "video/mp4"), ("text", "text/plain")],
+)
+def test_media_bytes_type_and_range(client, corpus, modality, content_type):
+    path = corpus["files"][modality][0]
+    r = client.get(f"/media/{item_id(corpus['store'], path)}")
+    assert r.status_code == 200
+    assert r.content == path.read_bytes()
+    assert r.headers["content-type"].split(";")[0] in (content_type, content_type.replace("x-wav", "wav"))
+    part = client.get(f"/media/{item_id(corpus['store'], path)}", headers={"Range": "bytes=4-13"})
+    assert part.status_code == 206 and part.content == path.read_bytes()[4:14]
+    head = client.head(f"/media/{item_id(corpus['store'], path)}")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == path.stat().st_size
+
+
+@pytest.mark.parametrize("modality", ["depth", "thermal", "imu", "video"])
+def test_previews_are_pngs(client, corpus, modality):
+    i = item_id(corpus["store"], corpus["files"][modality][0])
+    r = client.get(f"/api/items/{i}/preview.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.format == "PNG" and img.mode == "RGB" and img.width > 0 and img.height > 0
+    if modality in ("depth", "thermal"):  # false colour: not a grey image
+        rgb = np.asarray(img).reshape(-1, 3)
+        assert (rgb.max(axis=1) != rgb.min(axis=1)).any()
+
+
+def test_no_preview_for_viewable_modalities(client, corpus):
+    i = item_id(corpus["store"], corpus["files"]["image"][0])
+    assert client.get(f"/api/items/{i}/preview.png").status_code == 404
+
+
+def test_path_traversal_refused(server, corpus):
+    for path in (
+        "/media/../../etc/passwd",
+        "/media/%2e%2e/%2e%2e/etc/passwd",
+        "/media/..%2f..%2f..%2fetc%2fpasswd",
+        "/media/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/static/../../../../../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/media/-1",
+        "/media/1.0",
+        "/media/%00",
+    ):
+        status, body = raw_get(server.port, path)
+        assert status == 404, (path, status)
+        assert b"root:" not in body
+
+
+def test_items_outside_the_indexed_folders_are_not_served(client, server, corpus):
+    store = corpus["store"]
+    outside = corpus["root"] / "outside.txt"  # beside the indexed folders, not in them
+    outside.write_text("secret\n", encoding="utf-8")
+    link = corpus["root"] / "media" / "photos" / "escape.jpg"  # inside a root, pointing out of it
+    link.symlink_to(outside)
+    dim = store.storage.dim
+    ids = store.add_vectors(np.ones((3, dim), np.float32), modality="text",
+                            paths=[str(outside), str(link), "/etc/passwd"])
+    try:
+        for i in ids:
+            assert client.get(f"/media/{i}").status_code == 404
+            assert client.get(f"/api/items/{i}").json()["media_url"] is None
+        hits = client.post("/api/search", json={"vector": [1.0] * dim, "target": "text", "k": 3}).json()["results"]
+        assert {h["id"] for h in hits} == set(ids)
+        assert all(h["media_url"] is None and "snippet" not in h["facts"] for h in hits)
+    finally:
+        store.remove([str(outside), str(link), "/etc/passwd"])
+        link.unlink()
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+def _post_file(client, field: str, name: str, data: bytes, **form: str) -> httpx.Response:
+    return client.post("/api/search", data=form, files={field: (name, data)})
+
+
+def test_bad_uploads_get_4xx_with_a_reason(client, corpus):
+    wav_header = b"RIFF\x24\x00\x00\x00WAVEfmt "
+    zeros_depth = io.BytesIO()
+    Image.new("I;16", (8, 8)).save(zeros_depth, format="PNG")
+    cases = [
+        ("image", "broken.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 64, 400),
+        ("image", "empty.png", b"", 400),
+        ("audio", "noise.wav", wav_header + os.urandom(512), 400),
+        ("video", "noise.mp4", os.urandom(4096), 400),
+        ("depth", "holes.png", zeros_depth.getvalue(), 400),
+        ("thermal", "text.png", b"not a picture", 400),
+        ("imu", "nocols.csv", b"a,b,c\n1,2,3\n", 400),
+        ("smell", "rose.jpg", b"\xff\xd8\xff", 422),
+    ]
+    for field, name, data, status in cases:
+        r = _post_file(client, field, name, data)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and detail
+        assert "xsearch-upload-" not in detail and tempfile.gettempdir() + "/" not in detail
+        if status == 400:
+            assert name in detail, detail
+
+
+def test_bad_requests_get_4xx(client):
+    cases = [
+        ({"json": {"text": "x", "k": 0}}, 422),
+        ({"json": {"text": "x", "target": "smell"}}, 422),
+        ({"json": {}}, 422),
+        ({"json": ["text"]}, 422),
+        ({"json": {"image": "/etc/passwd"}}, 422),
+        ({"json": {"text": "x", "colour": "red"}}, 422),
+        ({"json": {"like": 999999}}, 422),
+        ({"json": {"text": "x", "filters": {"folder": 3}}}, 422),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
+        ({"data": {"image": "not a file"}}, 422),
+        ({"data": {"text": "x", "k": "many"}}, 422),
+        ({"data": {"text": "x", "flavour": "sweet"}}, 422),
+    ]
+    for kwargs, status in cases:
+        r = client.post("/api/search", **kwargs)
+        assert r.status_code == status, (kwargs, r.status_code, r.text)
+        assert r.json()["detail"]
+
+
+def test_upload_over_the_limit_is_413(client):
+    big = os.urandom(UPLOAD_LIMIT + 500_000)
+    r = _post_file(client, "image", "huge.jpg", big)
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    # no Content-Length: the body is counted as it streams in
+    body = (b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="huge.jpg"\r\n\r\n'
+            + big + b"\r\n--xyz--\r\n")
+    chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+    r = client.post("/api/search", content=chunks, headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 413
+
+
+# --------------------------------------------------------------------------- the rest of the surface
+
+
+def test_status_page_and_docs(client, corpus):
+    st = client.get("/api/status").json()
+    assert st["counts"] == {m: len(v) for m, v in corpus["files"].items()}
+    assert st["server"]["token_required"] is False and st["server"]["max_upload_bytes"] == UPLOAD_LIMIT
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "/static/app.js" in page.text
+    for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+        r = client.get(asset)
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+    assert client.get("/docs").status_code == 200
+    assert "/api/search" in client.get("/openapi.json").json()["paths"]
+
+
+def test_foreign_host_header_refused(server):
+    """Without a token only loopback names are served: a DNS-rebinding page gets nothing."""
+    assert raw_get(server.port, "/api/status", {"Host": "attacker.example:80"})[0] == 400
+    assert raw_get(server.port, "/api/status", {"Host": f"localhost:{server.port}"})[0] == 200
+
+
+def test_eight_concurrent_clients(server, corpus):
+    image = corpus["files"]["image"][0].read_bytes()
+    audio_id = item_id(corpus["store"], corpus["files"]["audio"][0])
+    errors: list[str] = []
+
+    def client_session(n: int) -> int:
+        done = 0
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            for j in range(4):
+                kind = (n + j) % 4
+                if kind == 0:
+                    r = c.post("/api/search", json={"text": f"query {n} {j}", "k": 5})
+                elif kind == 1:
+                    r = c.post("/api/search", data={"target": "image"}, files={"image": ("q.jpg", image)})
+                elif kind == 2:
+                    r = c.get(f"/media/{audio_id}")
+                else:
+                    r = c.post("/api/search", json={"like": audio_id, "target": "audio", "k": 2})
+                if r.status_code != 200 or (kind != 2 and not r.json()["results"]):
+                    errors.append(f"client {n} request {j}: {r.status_code} {r.text[:200]}")
+                done += 1
+        return done
+
+    with ThreadPoolExecutor(8) as pool:
+        done = sum(pool.map(client_session, range(8)))
+    assert errors == []
+    assert done == 32
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def test_non_loopback_without_token_refuses_to_start(corpus):
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.3.4.5")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("example.com")
+    with pytest.raises(UsageError, match="token"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", "s3cret")
+    check_bind("127.0.0.1", None)
+    with pytest.raises(UsageError, match="token"):
+        BackgroundServer(corpus["store"], host="0.0.0.0")
+    env = {k: v for k, v in os.environ.items() if k != "XSEARCH_TOKEN"}
+    res = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0", "--store", str(corpus["root"] / "store")], env=env)
+    assert res.exit_code == 2 and "token" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def token_server(corpus):
+    """`xsearch serve --token` as a user runs it, as a process, on a port it picks (--port 0)."""
+    token = "s3cret/+token"
+    cmd = [sys.executable, "-m", "xsearch.cli.main", "serve", "--port", "0", "--token", token,
+           "--store", str(corpus["root"] / "store")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    url, seen = None, []
+    while url is None:
+        try:
+            line = lines.get(timeout=120)
+        except queue.Empty:
+            break
+        seen.append(line)
+        m = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
+        url = m.group(1) if m else None
+    try:
+        assert url, "server did not start:\n" + "".join(seen)
+        yield url, token
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_token_required_on_every_request(token_server):
+    url, token = token_server
+    bearer = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, timeout=120) as c:
+        for path in ("/api/status", "/", "/static/app.js", "/docs", "/media/1"):
+            assert c.get(path).status_code == 401, path
+        assert c.get("/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.post("/api/search", json={"text": "a dog"}).status_code == 401
+        assert c.get("/api/status", headers=bearer).status_code == 200
+        hits = c.post("/api/search", json={"text": "a dog", "target": "image"}, headers=bearer).json()["results"]
+        media_url = hits[0]["media_url"]
+        assert "token=" in media_url
+        assert c.get(media_url).status_code == 200  # <img src> carries it in the URL
+        assert c.get(media_url.split("?")[0]).status_code == 401
+    with httpx.Client(base_url=url, timeout=120) as browser:
+        page = browser.get("/", params={"token": token})  # opening the page with ?token= sets a cookie
+        assert page.status_code == 200 and "xsearch_token" in browser.cookies
+        assert browser.get("/static/app.js").status_code == 200
+        assert browser.get("/api/status").status_code == 200

@@ -1,0 +1,213 @@
+"""The Python API: one ``Store`` object does everything the CLI does, one call each.
+
+    import xsearch
+    store = xsearch.open()                       # $XSEARCH_HOME/store, or a path
+    store.index(["./media"])
+    hits = store.search(audio="dog.wav", target="image", k=5)
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from xsearch.errors import UsageError
+from xsearch.indexer import Indexer, IndexReport
+from xsearch.indexer.progress import Progress
+from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
+from xsearch.query.spec import INPUT_MODALITIES
+from xsearch.storage import Storage
+
+_INPUT_KINDS = INPUT_MODALITIES + ("like", "vector")
+
+
+def default_store_path() -> Path:
+    from xsearch.paths import default_store_dir
+
+    return Path(os.environ.get("XSEARCH_STORE") or default_store_dir())
+
+
+class Store:
+    """A store of indexed media: its database, its indexes and the model that embeds for it.
+
+    The model is the one given, else the one the store was built with, else
+    ``$XSEARCH_MODEL``, else ``imagebind_huge``. It is loaded lazily, tower by
+    tower: searching by text never reads the vision weights.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        model: str | None = None,
+        url: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        read_only: bool = False,
+        create: bool = True,
+    ):
+        self.path = Path(path) if path is not None else default_store_path()
+        self.storage = Storage(self.path, url, create=create, read_only=read_only)
+        self._device, self._dtype = device, dtype
+        self._embedder = None
+        self._lock = threading.Lock()
+        self.model_name = self._resolve_model(model)
+
+    # ------------------------------------------------------------ model
+
+    def _resolve_model(self, model: str | None) -> str:
+        from xsearch.engine.weights import resolve_model_name
+
+        stored = self.storage.get_meta("model_name")
+        if model is None and stored is not None:
+            return stored
+        return resolve_model_name(model)
+
+    @property
+    def model_id(self) -> str:
+        from xsearch.engine.weights import model_id
+
+        return model_id(self.model_name)
+
+    def _check_model(self) -> None:
+        """Vectors of two models live in different spaces: refuse to mix them in one store."""
+        stored = self.storage.get_meta("model")
+        if stored is not None and stored != self.model_id:
+            raise UsageError(
+                f"{self.path}: this store was built with model {stored!r}, not {self.model_id!r}; "
+                "use the same --model, or another --store"
+            )
+
+    @property
+    def embedder(self):
+        with self._lock:
+            if self._embedder is None:
+                from xsearch.engine.embedder import Embedder
+
+                self._embedder = Embedder(self.model_name, device=self._device, dtype=self._dtype)
+            return self._embedder
+
+    # ------------------------------------------------------------ indexing
+
+    def index(
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike] = (),
+        modality: str | None = None,
+        *,
+        progress: Progress | None = None,
+        batch_size: int = 8,
+        workers: int | None = None,
+    ) -> IndexReport:
+        """Index files and folders (all known folders when ``paths`` is empty); incremental."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self._check_model()
+        model_id = self.model_id
+        if self.storage.get_meta("model") is None:
+            self.storage.set_meta("model", model_id)
+            self.storage.set_meta("model_name", self.model_name)
+        indexer = Indexer(
+            self.storage, lambda: self.embedder, model_id, batch_size=batch_size, workers=workers, progress=progress
+        )
+        return indexer.run([os.fspath(p) for p in paths], modality)
+
+    def add_vectors(self, vectors: np.ndarray, *, modality: str, paths: Sequence[str], model: str | None = None) -> list[int]:
+        """Bring your own embeddings: store (and index) one unit vector per path."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(paths):
+            raise UsageError(f"add_vectors needs an (N, D) array and N paths; got {vectors.shape} and {len(paths)} paths")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise UsageError("add_vectors: every vector must be finite and non-zero")
+        ids = self.storage.add_vectors(vectors / norms, modality=modality, paths=list(paths), model=model)
+        self.storage.flush()
+        return ids
+
+    def remove(self, paths: str | os.PathLike | Iterable[str | os.PathLike]) -> int:
+        """Forget files (a folder removes everything under it). Returns how many items went."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        ids: list[int] = []
+        for p in paths:
+            p = os.path.abspath(os.fspath(p))
+            item = self.storage.item_by_path(p)
+            if item is not None:
+                ids.append(item.id)
+            else:
+                ids.extend(it.id for it in self.storage.items(prefix=os.path.join(p, "")))
+            if p in self.storage.roots():
+                self.storage.remove_root(p)
+        n = self.storage.remove(ids) if ids else 0
+        self.storage.flush()
+        return n
+
+    # ------------------------------------------------------------ searching
+
+    def search(
+        self,
+        text: Any = None,
+        image: Any = None,
+        audio: Any = None,
+        video: Any = None,
+        depth: Any = None,
+        thermal: Any = None,
+        imu: Any = None,
+        *,
+        like: Any = None,
+        vector: Any = None,
+        target: str | Iterable[str] | None = "all",
+        k: int = 10,
+        folder: str | None = None,
+        glob: str | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
+        """Search with one or more inputs, each a value, a ``(value, weight)`` pair, or a list of them.
+
+        Strings may carry a weight as ``"VALUE@WEIGHT"``. ``like`` takes indexed paths (their
+        stored vectors are used, nothing is re-embedded); ``vector`` takes raw embeddings.
+        """
+        given = dict(text=text, image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu, like=like, vector=vector)
+        inputs = [i for kind in _INPUT_KINDS for i in as_inputs(kind, given[kind])]
+        spec = QuerySpec(
+            inputs=inputs, targets=parse_targets(target), k=k, folder=folder, glob=glob, min_score=min_score,
+            exclude=tuple(i.value for i in inputs if i.kind == "like"),
+        )
+        return self.query(spec)
+
+    def query(self, spec: QuerySpec) -> list[Hit]:
+        """Run a prepared :class:`QuerySpec`."""
+        if any(i.kind in INPUT_MODALITIES for i in spec.inputs):
+            self._check_model()
+        return run_query(spec, self.storage, lambda: self.embedder)
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """Counts and index facts per modality, the model, the store's size, failed files."""
+        size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) if self.path.is_dir() else 0
+        return {
+            "store": str(self.path),
+            "model": self.storage.get_meta("model") or self.model_id,
+            "roots": [{"path": p, "modality": m} for p, m in self.storage.roots().items()],
+            "counts": self.storage.counts(),
+            "indexes": self.storage.index_info(),
+            "store_bytes": size,
+            "errors": [{"path": it.path, "reason": it.error} for it in self.storage.errors()],
+        }
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open(path: str | os.PathLike | None = None, **kwargs: Any) -> Store:  # noqa: A001 - the API's name
+    """Open (creating if needed) the store at ``path`` (default ``$XSEARCH_HOME/store``)."""
+    return Store(path, **kwargs)

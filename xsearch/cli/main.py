@@ -1,0 +1,218 @@
+"""The ``xsearch`` command: a thin skin over :mod:`xsearch.api`.
+
+Exit status: 0 success; 1 when some files failed to index or an operation failed;
+2 for usage errors (bad options, missing files, unknown modality).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from xsearch.errors import UsageError, XSearchError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Cross-modal search over photos, video, sound, depth, thermal, IMU and text (ImageBind).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+
+StoreOpt = typer.Option(None, "--store", help="Store folder (default: $XSEARCH_STORE, else $XSEARCH_HOME/store).", envvar="XSEARCH_STORE")
+ModelOpt = typer.Option(None, "--model", help="imagebind_huge, or a folder with config.json + checkpoint.pth (default: the store's model, else $XSEARCH_MODEL, else imagebind_huge).")
+JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+
+
+def _emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """XSearchErrors become one line on stderr and an exit status, never a traceback."""
+    try:
+        yield
+    except UsageError as e:
+        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        raise typer.Exit(2)
+    except XSearchError as e:
+        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130)
+
+
+def _open(store: Optional[Path], model: Optional[str] = None, **kw):
+    from xsearch.api import Store
+
+    return Store(store, model=model, **kw)
+
+
+@app.command()
+def index(
+    paths: List[Path] = typer.Argument(None, help="Files and folders to index (default: every folder indexed before)."),
+    modality: Optional[str] = typer.Option(None, "--modality", help="Treat this folder's files as depth, thermal or imu (remembered for the folder)."),
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Items embedded together."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Index media folders (incremental: unchanged files are not decoded again)."""
+    from xsearch.indexer.progress import RichProgress
+
+    with _errors():
+        with _open(store, model, device=device) as s:
+            bar = RichProgress() if progress and not as_json and sys.stderr.isatty() else None
+            report = s.index([os.fspath(p) for p in paths or []], modality, progress=bar, batch_size=batch_size, workers=workers)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        out.print(
+            f"embedded {report.embedded}, unchanged {report.unchanged}, moved {report.moved}, copied {report.copied}, "
+            f"removed {report.removed}, failed {report.failed}, skipped {report.skipped} in {report.seconds:.1f}s"
+            + (" (interrupted)" if report.interrupted else ""),
+            highlight=False,
+        )
+        for e in report.errors[:20]:
+            err.print(f"  failed: {e['path']}: {e['reason']}", highlight=False, markup=False)
+        if len(report.errors) > 20:
+            err.print(f"  ... and {len(report.errors) - 20} more (xsearch status --errors)")
+    if report.interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@app.command()
+def query(
+    text: List[str] = typer.Option(None, "--text", help="Text input, optionally TEXT@WEIGHT. Repeatable."),
+    image: List[str] = typer.Option(None, "--image", help="Image file, optionally PATH@WEIGHT. Repeatable."),
+    audio: List[str] = typer.Option(None, "--audio", help="Audio file. Repeatable."),
+    video: List[str] = typer.Option(None, "--video", help="Video file. Repeatable."),
+    depth: List[str] = typer.Option(None, "--depth", help="Depth map. Repeatable."),
+    thermal: List[str] = typer.Option(None, "--thermal", help="Thermal frame. Repeatable."),
+    imu: List[str] = typer.Option(None, "--imu", help="IMU recording (CSV/NPY). Repeatable."),
+    like: List[str] = typer.Option(None, "--like", help="An indexed file: use its stored vector. Repeatable."),
+    target: List[str] = typer.Option(["all"], "--target", "-t", help="Modalities to search (repeat or comma-separate), or all."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Number of results."),
+    folder: Optional[Path] = typer.Option(None, "--folder", help="Only results under this folder."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="Only results whose path matches this glob, e.g. '*/2024/*.jpg'."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with at least this cosine similarity."),
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = JsonOpt,
+    paths_only: bool = typer.Option(False, "--paths", help="Print bare paths, one per line."),
+) -> None:
+    """Search by any mix of inputs; weights as VALUE@WEIGHT (negative subtracts)."""
+    from xsearch.query import QuerySpec, as_inputs, parse_targets
+
+    with _errors():
+        given = dict(text=text, image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu, like=like)
+        inputs = [i for kind, vals in given.items() for i in as_inputs(kind, vals or None)]
+        spec = QuerySpec(
+            inputs=inputs, targets=parse_targets(target), k=k, folder=os.fspath(folder) if folder else None,
+            glob=glob, min_score=min_score, exclude=tuple(like or ()),
+        )
+        spec.validate()
+        with _open(store, model, device=device, create=False) as s:
+            hits = s.query(spec)
+    if as_json:
+        _emit_json({"query": spec.describe(), "results": [h.to_dict() for h in hits]})
+    elif paths_only:
+        for h in hits:
+            sys.stdout.write(h.path + "\n")
+    else:
+        table = Table(show_edge=False)
+        for col, just in (("#", "right"), ("score", "right"), ("modality", "left"), ("path", "left")):
+            table.add_column(col, justify=just)
+        for h in hits:
+            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, h.path)
+        out.print(table if hits else "no results")
+
+
+@app.command()
+def status(
+    store: Optional[Path] = StoreOpt,
+    errors: bool = typer.Option(False, "--errors", help="List every file that failed, with its reason."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Counts per modality, indexes, model, store size, failed files."""
+    with _errors():
+        with _open(store, create=False) as s:
+            st = s.status()
+    if as_json:
+        _emit_json(st)
+        return
+    out.print(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)", highlight=False)
+    out.print(f"model  {st['model']}", highlight=False)
+    for r in st["roots"]:
+        out.print(f"folder {r['path']}" + (f"  (as {r['modality']})" if r["modality"] else ""), highlight=False)
+    table = Table(show_edge=False)
+    for col in ("modality", "items", "index", "vectors"):
+        table.add_column(col)
+    for m, n in sorted(st["counts"].items()):
+        info = st["indexes"].get(m, {})
+        table.add_row(m, str(n), str(info.get("factory", "-")), str(info.get("ntotal", "-")))
+    out.print(table)
+    n_err = len(st["errors"])
+    if errors:
+        for e in st["errors"]:
+            out.print(f"{e['path']}: {e['reason']}", highlight=False, markup=False)
+    elif n_err:
+        out.print(f"{n_err} file(s) failed; see xsearch status --errors")
+
+
+@app.command()
+def remove(
+    paths: List[Path] = typer.Argument(..., help="Files or folders to forget (files on disk are not touched)."),
+    store: Optional[Path] = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove files or whole folders from the store."""
+    with _errors():
+        with _open(store, create=False) as s:
+            n = s.remove([os.fspath(p) for p in paths])
+    if as_json:
+        _emit_json({"removed": n})
+    else:
+        out.print(f"removed {n}")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; anything but loopback needs a token."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: pick a free one)."),
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    token: Optional[str] = typer.Option(None, "--token", envvar="XSEARCH_TOKEN", help="Require this token on every request (Bearer header or ?token=)."),
+    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", min=0.001, help="Largest request body accepted (MB); larger ones get 413."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Serve the web page and HTTP API (docs at /docs) over a store."""
+    from xsearch.serve import check_bind, run
+
+    with _errors():
+        check_bind(host, token)
+        with _open(store, model, device=device, create=False) as s:
+            run(s, host=host, port=port, token=token, max_upload_bytes=int(max_upload_mb * 1_000_000))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""The index run: walk -> change detection -> parallel decode -> batched embed -> transactional writes.
+
+Decoding happens in worker threads while the main thread embeds the previous
+batch; every batch is committed in one transaction, so an interrupted run keeps
+everything it finished and the next run continues where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from xsearch.errors import MediaError
+from xsearch.indexer.detect import check_override, detect_modality
+from xsearch.indexer.facts import media_facts
+from xsearch.indexer.hashing import content_hash
+from xsearch.indexer.progress import NoProgress, Progress
+from xsearch.indexer.walk import Entry, walk
+from xsearch.storage import ItemRecord, Storage
+
+
+@dataclass
+class IndexReport:
+    embedded: int = 0
+    unchanged: int = 0
+    moved: int = 0  # renamed or moved files that kept their vector
+    copied: int = 0  # new paths whose content was already embedded
+    removed: int = 0
+    failed: int = 0  # files that could not be indexed (this run's and earlier unchanged ones)
+    skipped: int = 0  # files of no modality xsearch handles
+    interrupted: bool = False
+    seconds: float = 0.0
+    errors: list[dict[str, str]] = field(default_factory=list)  # this run's new failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Task:
+    entry: Entry
+    modality: str
+    root: str
+
+
+@dataclass
+class _Result:
+    task: _Task
+    hash: str | None = None
+    data: Any = None  # decoded tensor (or text)
+    facts: dict = field(default_factory=dict)
+    error: str | None = None
+    reuse: Any = None  # an Item whose vector this file can take
+
+
+def _default_workers() -> int:
+    return max(2, min(8, (os.cpu_count() or 2)))
+
+
+class Indexer:
+    """One index run over a store. ``embedder`` is built only when something needs embedding."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        get_embedder: Callable[[], Any],
+        model_id: str,
+        *,
+        batch_size: int = 8,
+        workers: int | None = None,
+        progress: Progress | None = None,
+    ):
+        self.storage = storage
+        self._get_embedder = get_embedder
+        self._embedder = None
+        self.model_id = model_id
+        self.batch_size = batch_size
+        self.workers = workers or _default_workers()
+        self.progress = progress or NoProgress()
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            self._embedder = self._get_embedder()
+        return self._embedder
+
+    # ------------------------------------------------------------ planning
+
+    def _roots(self, paths: Sequence[str], modality: str | None) -> list[tuple[str, str | None]]:
+        check_override(modality)
+        known = self.storage.roots()
+        if not paths:
+            return list(known.items())
+        roots = []
+        for p in paths:
+            root = os.path.abspath(os.fsdecode(p))
+            if not os.path.exists(root):
+                from xsearch.errors import UsageError
+
+                raise UsageError(f"{root}: no such file or folder")
+            override = modality if modality is not None else known.get(root)
+            self.storage.add_root(root, override)
+            roots.append((root, override))
+        return roots
+
+    def _plan(self, roots, report: IndexReport):
+        todo: list[_Task] = []
+        failures: list[ItemRecord] = []
+        gone: dict[str, Any] = {}
+        for root, override in roots:
+            stored = {it.path: it for it in self.storage.items(root=root)}
+            seen: set[str] = set()
+            for entry in walk(root):
+                seen.add(entry.path)
+                if entry.error is not None:
+                    old = stored.get(entry.path)
+                    if old is not None and old.status == "failed" and old.error == entry.error:
+                        report.failed += 1
+                        continue
+                    failures.append(self._failure(entry, "unknown", root, entry.error))
+                    continue
+                modality = detect_modality(entry.path, override)
+                if modality is None:
+                    report.skipped += 1
+                    continue
+                old = stored.get(entry.path)
+                if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.modality == modality:
+                    if old.status == "failed":
+                        report.failed += 1
+                        continue
+                    if old.model == self.model_id:
+                        report.unchanged += 1
+                        continue
+                todo.append(_Task(entry, modality, root))
+            for path, item in stored.items():
+                if path not in seen:
+                    gone[path] = item
+        return todo, failures, gone
+
+    def _failure(self, entry: Entry, modality: str, root: str, reason: str, chash: str | None = None) -> ItemRecord:
+        return ItemRecord(
+            path=entry.path, modality=modality, size=entry.size, mtime_ns=entry.mtime_ns, content_hash=chash,
+            facts={}, model=None, root=root, vector=None, error=reason,
+        )
+
+    # ------------------------------------------------------------ decoding (worker threads)
+
+    def _decode(self, task: _Task, by_hash: dict[tuple[str, str], Any]) -> _Result:
+        res = _Result(task)
+        path, modality = task.entry.path, task.modality
+        try:
+            if task.entry.size == 0:
+                raise MediaError(path, "empty file")
+            res.hash = content_hash(path)
+            reuse = by_hash.get((res.hash, modality))
+            if reuse is None:
+                found = [it for it in self.storage.items_by_hash(res.hash, modality) if it.status == "ok" and it.model == self.model_id]
+                reuse = found[0] if found else None
+            if reuse is not None:
+                res.reuse = reuse
+                return res
+            if modality == "text":
+                from xsearch.engine.preprocess.text import load_text
+
+                res.data = load_text(path)
+                res.facts = {"chars": len(res.data), "snippet": res.data[:200]}
+            else:
+                res.data = self.embedder.load(modality, path)
+                res.facts = media_facts(modality, path)
+        except MediaError as e:
+            res.error = e.reason
+        except OSError as e:
+            res.error = f"cannot read file ({e.strerror or e})"
+        except Exception as e:  # a decoder bug must not stop the run; record it
+            res.error = f"could not decode as {modality}: {type(e).__name__}: {e}"
+        return res
+
+    # ------------------------------------------------------------ the run
+
+    def run(self, paths: Sequence[str] = (), modality: str | None = None) -> IndexReport:
+        t0 = time.perf_counter()
+        report = IndexReport()
+        roots = self._roots(paths, modality)
+        todo, failures, gone = self._plan(roots, report)
+        # Moved files are matched to vanished items of the same content.
+        by_hash = {(it.content_hash, it.modality): it for it in gone.values() if it.status == "ok" and it.content_hash and it.model == self.model_id}
+        self.progress.start(len(todo) + len(failures), "indexing")
+        try:
+            if failures:
+                self._write_failures(failures, report)
+            if todo:
+                self._embed_all(todo, by_hash, gone, report)
+            if gone:
+                report.removed += self.storage.remove([it.id for it in gone.values()])
+        except KeyboardInterrupt:
+            report.interrupted = True
+        finally:
+            self.progress.stop()
+            self.storage.flush()
+        report.seconds = round(time.perf_counter() - t0, 3)
+        return report
+
+    def _write_failures(self, records: list[ItemRecord], report: IndexReport) -> None:
+        self.storage.put(records)
+        report.failed += len(records)
+        report.errors.extend({"path": r.path, "reason": r.error or ""} for r in records)
+        self.progress.advance(len(records))
+
+    def _embed_all(self, todo: list[_Task], by_hash, gone: dict[str, Any], report: IndexReport) -> None:
+        pending: dict[str, list[_Result]] = {}
+        window = self.workers * 2 + self.batch_size
+        queue: deque[Future] = deque()
+        tasks = iter(todo)
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="xsearch-decode")
+        try:
+            for task in tasks:
+                queue.append(pool.submit(self._decode, task, by_hash))
+                if len(queue) >= window:
+                    self._consume(queue.popleft().result(), pending, by_hash, gone, report)
+            while queue:
+                self._consume(queue.popleft().result(), pending, by_hash, gone, report)
+            for modality in list(pending):
+                self._flush_batch(modality, pending, report)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _consume(self, res: _Result, pending, by_hash, gone, report: IndexReport) -> None:
+        task = res.task
+        if res.error is not None:
+            self._write_failures([self._failure(task.entry, task.modality, task.root, res.error, res.hash)], report)
+            return
+        if res.reuse is not None:
+            self._reuse(res, by_hash, gone, report)
+            self.progress.advance()
+            return
+        batch = pending.setdefault(task.modality, [])
+        batch.append(res)
+        if len(batch) >= self.batch_size:
+            self._flush_batch(task.modality, pending, report)
+
+    def _reuse(self, res: _Result, by_hash, gone, report: IndexReport) -> None:
+        src, e = res.reuse, res.task.entry
+        if gone.pop(src.path, None) is not None:
+            # The same content vanished from its old path: a move or rename.
+            by_hash.pop((src.content_hash, src.modality), None)
+            old_here = self.storage.item_by_path(e.path)
+            if old_here is not None and old_here.id != src.id:
+                self.storage.remove([old_here.id])
+            self.storage.move(src.id, e.path, size=e.size, mtime_ns=e.mtime_ns, root=res.task.root)
+            report.moved += 1
+            return
+        # A copy (or a touched file whose content is unchanged): take the stored vector.
+        vec = self.storage.get_vectors([src.id])[0]
+        self.storage.put([ItemRecord(
+            path=e.path, modality=src.modality, size=e.size, mtime_ns=e.mtime_ns, content_hash=res.hash,
+            facts=src.facts, model=src.model, root=res.task.root, vector=vec, error=None,
+        )])
+        if src.path == e.path:
+            report.unchanged += 1
+        else:
+            report.copied += 1
+
+    def _flush_batch(self, modality: str, pending: dict[str, list[_Result]], report: IndexReport) -> None:
+        batch = pending.pop(modality, [])
+        if not batch:
+            return
+        try:
+            vectors = self._embed(modality, [r.data for r in batch])
+        except Exception as e:
+            if len(batch) == 1:
+                r = batch[0]
+                self._write_failures([self._failure(r.task.entry, modality, r.task.root, f"embedding failed: {e}", r.hash)], report)
+                return
+            # One bad item must not sink its batch: embed one by one to find it.
+            for r in batch:
+                pending[modality] = [r]
+                self._flush_batch(modality, pending, report)
+            return
+        records = [
+            ItemRecord(
+                path=r.task.entry.path, modality=modality, size=r.task.entry.size, mtime_ns=r.task.entry.mtime_ns,
+                content_hash=r.hash, facts=r.facts, model=self.model_id, root=r.task.root, vector=v, error=None,
+            )
+            for r, v in zip(batch, vectors)
+        ]
+        self.storage.put(records)
+        report.embedded += len(records)
+        self.progress.advance(len(records))
+
+    def _embed(self, modality: str, data: list[Any]) -> np.ndarray:
+        if modality == "text":
+            return self.embedder.embed("text", data)
+        # IMU items have varying window counts: the embedder takes them as a list.
+        batch = data if modality == "imu" else torch.stack(data)
+        return self.embedder.embed_tensors(modality, batch)

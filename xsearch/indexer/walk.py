@@ -1,0 +1,74 @@
+"""Walking a corpus: every file under the given folders, symlinks followed, loops not."""
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # absolute, as given by the file system (not resolved through symlinks)
+    size: int = 0
+    mtime_ns: int = 0
+    error: str | None = None  # why the entry cannot be read (dangling symlink, permission...)
+
+
+def _entry(path: str) -> Entry | None:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if os.path.islink(path):
+            reason = "symlink loop" if getattr(e, "errno", None) == 40 else "dangling symlink (its target does not exist)"
+        else:
+            reason = f"cannot stat file ({e.strerror or e})"
+        return Entry(path, error=reason)
+    if not stat_mod.S_ISREG(st.st_mode):
+        return None  # sockets, fifos, devices: never media
+    return Entry(path, st.st_size, st.st_mtime_ns)
+
+
+def walk(root: str) -> Iterator[Entry]:
+    """Yield every regular file under ``root`` (or ``root`` itself if it is a file), sorted by path.
+
+    Hidden files and folders (names starting with '.') are skipped. Symlinked folders are
+    followed once; a folder already visited (same device and inode) is not entered again.
+    """
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        e = _entry(root)
+        if e is not None:
+            yield e
+        return
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            with os.scandir(folder) as it:
+                names = sorted(it, key=lambda d: d.name)
+        except OSError:
+            continue
+        subdirs = []
+        for d in names:
+            if d.name.startswith("."):
+                continue
+            try:
+                is_dir = d.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(d.path)
+            else:
+                e = _entry(d.path)
+                if e is not None:
+                    yield e
+        stack.extend(reversed(subdirs))

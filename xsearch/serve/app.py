@@ -1,0 +1,637 @@
+"""The HTTP API and web page over one :class:`~xsearch.api.Store` (FastAPI).
+
+``create_app(store)`` builds the app; ``xsearch serve`` runs it with uvicorn.
+
+- ``POST /api/search``: JSON, or multipart with files under the modality's name
+- ``GET /api/items/{id}``, ``GET /api/items/{id}/preview.png`` (depth, thermal, IMU; a video's poster frame)
+- ``GET /media/{id}``: the file's bytes (HTTP Range works), only inside the indexed folders
+- ``GET /api/status``, ``GET /docs`` (OpenAPI), ``GET /`` (the page)
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hmac
+import logging
+import math
+import mimetypes
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import parse_qs, quote, unquote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from xsearch import __version__
+from xsearch.errors import MediaError, ModelError, StoreError, UsageError, XSearchError
+from xsearch.query.spec import INPUT_MODALITIES, as_inputs
+from xsearch.serve.preview import PREVIEW_MODALITIES, render_preview
+
+log = logging.getLogger("xsearch.serve")
+
+STATIC_DIR = Path(__file__).with_name("static")
+DEFAULT_MAX_UPLOAD_BYTES = 200 * 1000 * 1000
+MAX_K = 1000
+UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
+JSON_KEYS = ("text", "like", "vector", "target", "k", "filters")
+FILTER_KEYS = ("folder", "glob", "min_score")
+FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight" for m in UPLOAD_MODALITIES)
+SNIPPET_CHARS = 300
+TOKEN_COOKIE = "xsearch_token"
+PREVIEW_CACHE = 256  # rendered PNGs kept (each a few KB)
+
+# Types mimetypes may not know everywhere; browsers need these to play or show the file.
+_EXTRA_TYPES = {
+    ".flac": "audio/flac", ".m4a": "audio/mp4", ".opus": "audio/ogg", ".oga": "audio/ogg", ".ogg": "audio/ogg",
+    ".webm": "video/webm", ".mkv": "video/x-matroska", ".m4v": "video/mp4", ".webp": "image/webp",
+    ".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8", ".csv": "text/csv; charset=utf-8",
+    ".npy": "application/octet-stream", ".npz": "application/octet-stream",
+}
+_SAFE_EXT = re.compile(r"\.[a-z0-9]{1,10}")
+
+
+class ApiError(Exception):
+    """An error answered as ``{"detail": message}`` with ``status``."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class UploadTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"request body is larger than the server's upload limit of {limit} bytes")
+        self.limit = limit
+
+
+def error_status(exc: XSearchError) -> int:
+    """HTTP status of a library error: bad media 400, bad request 422, store/model trouble 503."""
+    if isinstance(exc, MediaError):
+        return 400
+    if isinstance(exc, UsageError):
+        return 422
+    if isinstance(exc, (StoreError, ModelError)):
+        return 503
+    return 500
+
+
+def media_type(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    return _EXTRA_TYPES.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+# --------------------------------------------------------------------------- search requests
+
+
+@dataclass
+class SearchRequest:
+    """A parsed search: store.search keyword arguments plus the names to show for uploaded files."""
+
+    inputs: dict[str, list[Any]] = field(default_factory=dict)  # kind -> values for as_inputs
+    target: Any = "all"
+    k: int = 10
+    folder: str | None = None
+    glob: str | None = None
+    min_score: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # temp path -> uploaded file name
+
+    def add(self, kind: str, value: Any) -> None:
+        self.inputs.setdefault(kind, []).append(value)
+
+    def relabel(self, text: str) -> str:
+        """Show uploaded files by their own names, never the server's temp paths."""
+        for tmp, name in self.labels.items():
+            text = text.replace(tmp, name)
+        return text
+
+    def describe(self) -> dict[str, Any]:
+        inputs = []
+        for kind, values in self.inputs.items():
+            for inp in as_inputs(kind, values):
+                d = inp.describe()
+                if isinstance(d["value"], str):
+                    d["value"] = self.relabel(d["value"])
+                inputs.append(d)
+        filters = {"folder": self.folder, "glob": self.glob, "min_score": self.min_score}
+        return {"inputs": inputs, "target": self.target, "k": self.k, "filters": filters}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _parse_k(value: Any) -> int:
+    if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_K:
+        raise ApiError(422, f"k must be a whole number from 1 to {MAX_K}, not {value!r}")
+    return value
+
+
+def _parse_number(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ApiError(422, f"{name} must be a finite number, not {value!r}")
+    return number
+
+
+def _parse_text(value: Any) -> Any:
+    """A text input: "VALUE@WEIGHT" or a [value, weight] pair."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+        return (value[0], _parse_number("a text weight", value[1]))
+    raise ApiError(422, f'text inputs are strings ("VALUE@WEIGHT") or [value, weight] pairs, not {value!r}')
+
+
+def _parse_vector(value: Any) -> list[list[float]]:
+    rows = value if isinstance(value, list) and value and isinstance(value[0], list) else [value]
+    for row in rows:
+        if not isinstance(row, list) or not row or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row):
+            raise ApiError(422, "vector must be a list of numbers, or a list of such lists")
+    return rows
+
+
+def parse_json_search(body: Any) -> SearchRequest:
+    """``{"text", "like", "vector", "target", "k", "filters": {"folder", "glob", "min_score"}}``."""
+    if not isinstance(body, dict):
+        raise ApiError(422, 'the JSON body must be an object such as {"text": "a dog", "target": "image"}')
+    for m in UPLOAD_MODALITIES:
+        if m in body:
+            raise ApiError(422, f"{m} inputs are files: upload them as multipart/form-data under the field {m!r}")
+    unknown = sorted(set(body) - set(JSON_KEYS))
+    if unknown:
+        raise ApiError(422, f"unknown key(s) {', '.join(map(repr, unknown))}; expected {', '.join(JSON_KEYS)}")
+    req = SearchRequest()
+    for value in _as_list(body.get("text", [])):
+        req.add("text", _parse_text(value))
+    for value in _as_list(body.get("like", [])):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ApiError(422, f"like takes item ids or indexed paths, not {value!r}")
+        req.add("like", value)
+    if body.get("vector") is not None:
+        for row in _parse_vector(body["vector"]):
+            req.add("vector", row)
+    if body.get("target") is not None:
+        req.target = body["target"]
+    if "k" in body:
+        req.k = _parse_k(body["k"])
+    filters = body.get("filters") or {}
+    if not isinstance(filters, dict) or set(filters) - set(FILTER_KEYS):
+        raise ApiError(422, f"filters must be an object with keys among {', '.join(FILTER_KEYS)}, not {filters!r}")
+    _set_filters(req, filters)
+    return req
+
+
+def _set_filters(req: SearchRequest, filters: dict[str, Any]) -> None:
+    for key in ("folder", "glob"):
+        value = filters.get(key)
+        if value not in (None, ""):
+            if not isinstance(value, str):
+                raise ApiError(422, f"{key} must be a string, not {value!r}")
+            setattr(req, key, value)
+    if filters.get("min_score") not in (None, ""):
+        req.min_score = _parse_number("min_score", filters["min_score"])
+
+
+def _upload_suffix(upload: UploadFile) -> str:
+    """The uploaded name's extension (loaders look at it), else one guessed from the content type."""
+    ext = os.path.splitext(os.path.basename(upload.filename or ""))[1].lower()
+    if _SAFE_EXT.fullmatch(ext):
+        return ext
+    guessed = mimetypes.guess_extension((upload.content_type or "").split(";")[0].strip()) or ""
+    return guessed if _SAFE_EXT.fullmatch(guessed) else ""
+
+
+def _save_upload(upload: UploadFile, dest: str) -> int:
+    upload.file.seek(0)
+    with open(dest, "wb") as out:
+        shutil.copyfileobj(upload.file, out, 1 << 20)
+        return out.tell()
+
+
+def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
+    """Multipart fields: files under image/audio/video/depth/thermal/imu, ``<modality>_weight``,
+    ``text`` (repeatable, VALUE@WEIGHT), ``like``, ``target``, ``k``, ``folder``, ``glob``, ``min_score``.
+
+    Uploaded files are copied into ``tmpdir`` keeping their extension (blocking: call in a thread).
+    """
+    req = SearchRequest()
+    files: dict[str, list[UploadFile]] = {}
+    fields: dict[str, list[str]] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key not in UPLOAD_MODALITIES:
+                raise ApiError(422, f"unknown upload field {key!r}; upload files under one of {', '.join(UPLOAD_MODALITIES)}")
+            files.setdefault(key, []).append(value)
+        elif key in UPLOAD_MODALITIES:
+            raise ApiError(422, f"field {key!r} must be an uploaded file, not a plain form value")
+        elif key not in FORM_FIELDS:
+            raise ApiError(422, f"unknown form field {key!r}; expected files under {', '.join(UPLOAD_MODALITIES)} "
+                                f"or fields {', '.join(FORM_FIELDS)}")
+        else:
+            fields.setdefault(key, []).append(value)
+    for value in fields.get("text", []):
+        if value.strip():
+            req.add("text", value)
+    for value in fields.get("like", []):
+        if value.strip():
+            req.add("like", value.strip())
+    if fields.get("target"):
+        req.target = [t for t in fields["target"] if t.strip()] or "all"
+    if fields.get("k"):
+        req.k = _parse_k(fields["k"][-1])
+    _set_filters(req, {key: fields[key][-1] for key in FILTER_KEYS if fields.get(key)})
+    n = 0
+    for modality, uploads in files.items():
+        weights = [_parse_number(f"{modality}_weight", w) for w in fields.get(f"{modality}_weight", [])]
+        if len(weights) not in (0, 1, len(uploads)):
+            raise ApiError(422, f"{len(weights)} {modality}_weight values for {len(uploads)} {modality} files; "
+                                "give one weight for all, or one per file")
+        for i, upload in enumerate(uploads):
+            name = os.path.basename(upload.filename or "") or f"(unnamed {modality} upload)"
+            dest = os.path.join(tmpdir, f"upload{n}{_upload_suffix(upload)}")
+            n += 1
+            if _save_upload(upload, dest) == 0:
+                raise ApiError(400, f"uploaded {modality} file {name!r} is empty")
+            req.labels[dest] = name
+            weight = weights[i] if len(weights) == len(uploads) else (weights[0] if weights else 1.0)
+            req.add(modality, (dest, weight))
+    return req
+
+
+# --------------------------------------------------------------------------- middleware
+
+
+class BodyLimit:
+    """413 for request bodies over ``limit`` bytes, declared (Content-Length) or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse({"detail": str(UploadTooLarge(self.limit))}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise UploadTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class TokenAuth:
+    """Every request needs the token: ``Authorization: Bearer``, ``?token=`` (media tags), or the
+    cookie set when the page was opened with ``?token=``."""
+
+    def __init__(self, app: ASGIApp, token: str):
+        self.app, self.token = app, token.encode()
+
+    def _matches(self, candidate: str | None) -> bool:
+        return candidate is not None and hmac.compare_digest(candidate.encode(), self.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[-1]
+        cookie = _cookie(headers.get(b"cookie", b"").decode("latin-1"), TOKEN_COOKIE)
+        if not any(self._matches(c) for c in (bearer, query, cookie)):
+            detail = "missing or wrong token: send 'Authorization: Bearer <token>' or add ?token=<token> to the URL"
+            response = JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        if self._matches(query) and scope["path"] == "/":
+            # The page was opened as /?token=...: remember it so its scripts, styles and /docs work too.
+            cookie_header = f"{TOKEN_COOKIE}={quote(query, safe='')}; Path=/; HttpOnly; SameSite=Strict".encode()
+
+            async def send_with_cookie(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie_header)]}
+                await send(message)
+
+            return await self.app(scope, receive, send_with_cookie)
+        await self.app(scope, receive, send)
+
+
+class HostCheck:
+    """400 unless the Host header names one of ``allowed`` (port ignored; IPv6 in brackets works)."""
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str]):
+        self.app, self.allowed = app, {h.strip("[]").lower() for h in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+            name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+            if name not in self.allowed:
+                detail = f"Host {host!r} is not served here; use http://127.0.0.1 or http://localhost"
+                return await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return unquote(value)
+    return None
+
+
+# --------------------------------------------------------------------------- the app
+
+
+class _Service:
+    """What the endpoints share: the store, the lock around model inference, the roots check."""
+
+    def __init__(self, store: Any, token: str | None):
+        self.store = store
+        self.token = token
+        # One embedding at a time: torch already uses every core for one batch, and the
+        # embedder's towers are loaded lazily; concurrent requests queue here, not in torch.
+        self.model_lock = threading.Lock()
+
+    def real_roots(self) -> list[str]:
+        return [os.path.realpath(r) for r in self.store.storage.roots()]
+
+    @staticmethod
+    def inside(path: str, roots: Iterable[str]) -> str | None:
+        """The real path of ``path`` when it is a regular file inside one of ``roots`` (symlinks resolved)."""
+        real = os.path.realpath(path)
+        for root in roots:
+            if (real == root or real.startswith(root.rstrip(os.sep) + os.sep)) and os.path.isfile(real):
+                return real
+        return None
+
+    def item(self, item_id: str) -> Any:
+        if not item_id.isdigit():
+            raise ApiError(404, f"no item {item_id!r}: item ids are whole numbers")
+        found = self.store.storage.get_items([int(item_id)])
+        if not found:
+            raise ApiError(404, f"no item with id {item_id} in this store")
+        return found[0]
+
+    def servable(self, item: Any) -> str:
+        real = self.inside(item.path, self.real_roots())
+        if real is None:
+            # Same answer for "outside the indexed folders" and "gone": nothing to learn by probing.
+            raise ApiError(404, f"item {item.id}'s file is not available (missing, or outside the indexed folders)")
+        return real
+
+    def media_url(self, item_id: int) -> str:
+        return f"/media/{item_id}" + (f"?token={quote(self.token, safe='')}" if self.token else "")
+
+    def preview_url(self, item_id: int, modality: str) -> str | None:
+        if modality not in PREVIEW_MODALITIES:
+            return None
+        return f"/api/items/{item_id}/preview.png" + (f"?token={quote(self.token, safe='')}" if self.token else "")
+
+    def describe_item(self, item: Any, roots: list[str], *, score: float | None = None, rank: int | None = None,
+                      facts: dict | None = None) -> dict[str, Any]:
+        real = self.inside(item.path, roots)
+        facts = dict(facts if facts is not None else (getattr(item, "facts", None) or {}))
+        if item.modality == "text" and "snippet" not in facts and real is not None:
+            facts["snippet"] = _snippet(real)
+        out: dict[str, Any] = {}
+        if rank is not None:
+            out["rank"] = rank
+        out.update({"id": item.id, "path": item.path, "name": os.path.basename(item.path), "modality": item.modality})
+        if score is not None:
+            out["score"] = score
+        out.update({
+            "media_url": self.media_url(item.id) if real is not None else None,
+            "preview_url": self.preview_url(item.id, item.modality) if real is not None else None,
+            "facts": facts,
+        })
+        return out
+
+    def search(self, req: SearchRequest) -> list[dict[str, Any]]:
+        """Blocking: resolve ``like`` ids, run Store.search under the model lock, describe the hits."""
+        if "like" in req.inputs:
+            req.inputs["like"] = [self._like_path(v) for v in req.inputs["like"]]
+        needs_model = any(kind in INPUT_MODALITIES for kind in req.inputs)
+        # like/vector searches never touch the model (and storage searches are thread-safe): no queue for them.
+        with self.model_lock if needs_model else contextlib.nullcontext():
+            hits = self.store.search(**req.inputs, target=req.target, k=req.k, folder=req.folder, glob=req.glob,
+                                     min_score=req.min_score)
+        roots = self.real_roots()
+        return [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts) for h in hits]
+
+    def _like_path(self, value: int | str) -> str:
+        """``like`` takes an item id (as a number or digits) or an indexed path (``PATH@WEIGHT`` allowed)."""
+        if isinstance(value, int) or value.isdigit():
+            found = self.store.storage.get_items([int(value)])
+            if not found:
+                raise ApiError(422, f"like: no item with id {value} in this store")
+            return found[0].path
+        return value
+
+
+def _snippet(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(SNIPPET_CHARS + 1)
+    except OSError:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"
+
+
+@functools.lru_cache(maxsize=PREVIEW_CACHE)
+def _cached_preview(modality: str, path: str, size: int, mtime_ns: int) -> bytes:
+    return render_preview(modality, path)  # size and mtime are in the key so an edited file re-renders
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def create_app(
+    store: Any,
+    *,
+    token: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    allowed_hosts: Iterable[str] | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``store`` (an :class:`xsearch.api.Store`).
+
+    ``token``: required on every request when set. ``max_upload_bytes``: larger request
+    bodies get 413. ``allowed_hosts``: accepted ``Host`` headers (None: any); ``xsearch serve``
+    limits an unauthenticated loopback server to loopback names, against DNS rebinding.
+    """
+    if max_upload_bytes < 1:
+        raise UsageError(f"max_upload_bytes must be positive, not {max_upload_bytes}")
+    svc = _Service(store, token or None)
+    app = FastAPI(
+        title="xsearch",
+        summary="Cross-modal search over photos, video, sound, depth, thermal, IMU and text (ImageBind).",
+        version=__version__,
+    )
+    app.state.service = svc
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.detail)
+
+    @app.exception_handler(XSearchError)
+    async def _xsearch_error(_request: Request, exc: XSearchError) -> JSONResponse:
+        return _error(error_status(exc), str(exc))
+
+    @app.exception_handler(UploadTooLarge)
+    async def _too_large(_request: Request, exc: UploadTooLarge) -> JSONResponse:
+        return _error(413, str(exc))
+
+    @app.post(
+        "/api/search",
+        summary="Search by text, uploaded files, indexed items (like) or vectors",
+        openapi_extra={"requestBody": _SEARCH_BODY_DOC},
+    )
+    async def search(request: Request) -> JSONResponse:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            return await _search_form(request)
+        try:
+            body = await request.json()
+        except ValueError as e:
+            raise ApiError(400, f"the body is not valid JSON ({e}); send JSON or multipart/form-data") from e
+        req = parse_json_search(body)
+        results = await run_in_threadpool(svc.search, req)
+        return JSONResponse({"query": req.describe(), "results": results})
+
+    async def _search_form(request: Request) -> JSONResponse:
+        tmpdir = tempfile.mkdtemp(prefix="xsearch-upload-")
+        try:
+            async with request.form(max_files=32, max_fields=64) as form:
+                req = await run_in_threadpool(parse_form_search, form, tmpdir)
+            try:
+                results = await run_in_threadpool(svc.search, req)
+            except XSearchError as e:
+                return _error(error_status(e), req.relabel(str(e)))
+            except ApiError:
+                raise
+            except Exception as e:  # a decoder that failed without a MediaError: still the upload's fault
+                if not req.labels:
+                    raise
+                log.exception("search with uploads failed")
+                names = ", ".join(repr(n) for n in req.labels.values())
+                return _error(400, f"cannot decode the uploaded file(s) {names}: {req.relabel(str(e)) or type(e).__name__}")
+            return JSONResponse({"query": req.describe(), "results": results})
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    @app.get("/api/items/{item_id}", summary="An item's metadata and media URL")
+    def item(item_id: str) -> dict[str, Any]:
+        it = svc.item(item_id)
+        out = svc.describe_item(it, svc.real_roots())
+        out.update({"status": getattr(it, "status", None), "error": getattr(it, "error", None),
+                    "size": getattr(it, "size", None), "mtime_ns": getattr(it, "mtime_ns", None)})
+        return out
+
+    @app.get("/api/items/{item_id}/preview.png", response_class=Response,
+             summary="Depth/thermal in false colour, IMU as a plot, a video's first frame (PNG)")
+    def preview(item_id: str) -> Response:
+        it = svc.item(item_id)
+        if it.modality not in PREVIEW_MODALITIES:
+            raise ApiError(404, f"no preview for {it.modality} items; previews exist for {', '.join(PREVIEW_MODALITIES)}")
+        real = svc.servable(it)
+        st = os.stat(real)
+        try:
+            png = _cached_preview(it.modality, real, st.st_size, st.st_mtime_ns)
+        except MediaError as e:
+            raise ApiError(422, f"cannot render item {it.id} as {it.modality}: {e}") from e
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/media/{item_id}", summary="The item's file (Range requests work)", response_class=FileResponse)
+    def media(item_id: str) -> FileResponse:
+        real = svc.servable(svc.item(item_id))
+        return FileResponse(real, media_type=media_type(real), headers={"Cache-Control": "private, max-age=300"})
+
+    # HEAD too: media players probe sizes with it. Kept out of the schema (one operation per path).
+    app.add_api_route("/media/{item_id}", media, methods=["HEAD"], include_in_schema=False)
+
+    @app.get("/api/status", summary="Counts per modality, indexes, model, failed files")
+    def status() -> dict[str, Any]:
+        out = dict(store.status())
+        out["server"] = {
+            "token_required": bool(svc.token),
+            "max_upload_bytes": max_upload_bytes,
+            "upload_modalities": list(UPLOAD_MODALITIES),
+            "targets": ["all", *INPUT_MODALITIES],
+        }
+        return out
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # Outermost first: host check, then the token, then the body limit (never read a body before auth).
+    app.add_middleware(BodyLimit, limit=max_upload_bytes)
+    if token:
+        app.add_middleware(TokenAuth, token=token)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=list(allowed_hosts))
+    return app
+
+
+_SEARCH_BODY_DOC = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "text": {"description": 'A text, "TEXT@WEIGHT", [text, weight], or a list of these',
+                             "anyOf": [{"type": "string"}, {"type": "array"}]},
+                    "like": {"description": "Indexed item ids or paths whose stored vectors are used",
+                             "anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "array"}]},
+                    "vector": {"description": "Raw embedding(s)", "type": "array"},
+                    "target": {"description": '"all", a modality, or a list', "anyOf": [{"type": "string"}, {"type": "array"}]},
+                    "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+                    "filters": {"type": "object", "properties": {
+                        "folder": {"type": "string"}, "glob": {"type": "string"}, "min_score": {"type": "number"}}},
+                },
+                "example": {"text": "a dog", "target": "image", "k": 10},
+            }
+        },
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    **{m: {"type": "string", "format": "binary", "description": f"{m} file(s) to search by"}
+                       for m in UPLOAD_MODALITIES},
+                    **{f"{m}_weight": {"type": "number"} for m in UPLOAD_MODALITIES},
+                    "text": {"type": "string"}, "like": {"type": "string"}, "target": {"type": "string"},
+                    "k": {"type": "integer"}, "folder": {"type": "string"}, "glob": {"type": "string"},
+                    "min_score": {"type": "number"},
+                },
+            }
+        },
+    },
+}

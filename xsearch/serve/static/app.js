@@ -1,0 +1,228 @@
+// xsearch web page: plain JS against /api/search, no build step.
+"use strict";
+
+const UPLOAD_MODALITIES = ["image", "audio", "video", "depth", "thermal", "imu"];
+// Same extension table as xsearch/indexer/detect.py; depth and thermal frames look like images,
+// so the chip's select lets the user say what a PNG really is.
+const EXTENSIONS = {
+  image: ["jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff", "jfif"],
+  audio: ["wav", "flac", "mp3", "ogg", "oga", "opus", "m4a", "aac", "aif", "aiff"],
+  video: ["mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg"],
+  depth: ["npy", "npz"],
+  imu: ["csv"],
+};
+const K = 24;
+
+const $ = (sel) => document.querySelector(sel);
+const state = { files: [], like: null, target: "all", searches: 0, busy: false };
+
+// A token given as /?token=... is kept for API calls (the server also set a cookie), then hidden from the address bar.
+const params = new URLSearchParams(location.search);
+if (params.get("token")) {
+  sessionStorage.setItem("xsearch_token", params.get("token"));
+  params.delete("token");
+  history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : "") + location.hash);
+}
+const token = sessionStorage.getItem("xsearch_token");
+
+function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  if (token) headers.set("Authorization", "Bearer " + token);
+  return fetch(path, { ...options, headers });
+}
+
+function detectModality(file) {
+  const ext = (file.name.split(".").pop() || "").toLowerCase();
+  for (const [modality, exts] of Object.entries(EXTENSIONS)) if (exts.includes(ext)) return modality;
+  const major = (file.type || "").split("/")[0];
+  if (["image", "audio", "video"].includes(major)) return major;
+  if (file.type === "text/csv") return "imu";
+  return "image";
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined) node.setAttribute(k, v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+// ---------------------------------------------------------------- inputs (chips)
+
+function addFiles(list) {
+  for (const file of list) state.files.push({ file, modality: detectModality(file), weight: "1" });
+  renderChips();
+  if (list.length) search();
+}
+
+function renderChips() {
+  const box = $("#inputs");
+  box.replaceChildren();
+  state.files.forEach((entry, i) => {
+    const select = el("select", { "aria-label": "modality of " + entry.file.name, class: "modality",
+      onchange: (e) => { entry.modality = e.target.value; } });
+    for (const m of UPLOAD_MODALITIES) select.append(el("option", { value: m }, m));
+    select.value = entry.modality;
+    const weight = el("input", { type: "number", step: "0.1", value: entry.weight, title: "weight (negative subtracts)",
+      "aria-label": "weight", oninput: (e) => { entry.weight = e.target.value; } });
+    box.append(el("span", { class: "chip file-chip" }, el("span", { class: "name", title: entry.file.name }, entry.file.name),
+      select, weight, el("button", { type: "button", title: "remove", onclick: () => { state.files.splice(i, 1); renderChips(); } }, "×")));
+  });
+  if (state.like) {
+    box.append(el("span", { class: "chip like-chip" }, el("span", { class: "name" }, "more like: " + state.like.name),
+      el("button", { type: "button", title: "remove", onclick: () => { state.like = null; renderChips(); } }, "×")));
+  }
+}
+
+// ---------------------------------------------------------------- searching
+
+function hasQuery() {
+  return $("#q").value.trim() !== "" || state.files.length > 0 || state.like !== null;
+}
+
+function buildRequest() {
+  const text = $("#q").value.trim();
+  if (state.files.length) {
+    const form = new FormData();
+    if (text) form.append("text", text);
+    form.append("target", state.target);
+    form.append("k", String(K));
+    if (state.like) form.append("like", String(state.like.id));
+    for (const m of UPLOAD_MODALITIES) {
+      const entries = state.files.filter((f) => f.modality === m);
+      for (const f of entries) {
+        form.append(m, f.file, f.file.name);
+        form.append(m + "_weight", f.weight || "1");
+      }
+    }
+    return { method: "POST", body: form };
+  }
+  const body = { target: state.target, k: K };
+  if (text) body.text = text;
+  if (state.like) body.like = state.like.id;
+  return { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } };
+}
+
+async function search() {
+  if (!hasQuery()) {
+    showMessage("Type a description, drop a file, or click a result.");
+    return;
+  }
+  const grid = $("#results");
+  grid.dataset.state = "loading";
+  showMessage("searching…");
+  const started = performance.now();
+  try {
+    const res = await api("/api/search", buildRequest());
+    const data = await res.json().catch(() => ({ detail: res.statusText }));
+    if (!res.ok) throw new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
+    renderResults(data.results);
+    const secs = ((performance.now() - started) / 1000).toFixed(2);
+    showMessage(`${data.results.length} result${data.results.length === 1 ? "" : "s"} in ${secs} s`);
+    grid.dataset.state = "done";
+  } catch (err) {
+    showMessage(err.message, true);
+    grid.dataset.state = "error";
+  } finally {
+    state.searches += 1;
+    document.body.dataset.searches = String(state.searches);
+  }
+}
+
+function showMessage(text, isError = false) {
+  const m = $("#message");
+  m.textContent = text;
+  m.classList.toggle("error", isError);
+}
+
+// ---------------------------------------------------------------- results
+
+function mediaFor(r) {
+  if (!r.media_url) return el("div", { class: "media missing" }, "file not available");
+  switch (r.modality) {
+    case "image":
+      return el("div", { class: "media image" }, el("img", { src: r.media_url, alt: r.name, loading: "lazy" }));
+    case "audio":
+      return el("div", { class: "media audio" }, el("span", { class: "wave" }, "∿∿∿∿"),
+        el("audio", { controls: "", preload: "metadata", src: r.media_url }));
+    case "video":
+      // The poster is a server-rendered frame: it shows even when the browser cannot decode the codec.
+      return el("div", { class: "media video" },
+        el("video", { controls: "", preload: "metadata", muted: "", src: r.media_url, poster: r.preview_url }));
+    case "text":
+      return el("div", { class: "media text" }, el("p", { class: "snippet" }, (r.facts && r.facts.snippet) || r.name));
+    default: // depth, thermal, imu: rendered by the server
+      return el("div", { class: "media preview " + r.modality },
+        el("img", { src: r.preview_url, alt: r.modality + " preview of " + r.name, loading: "lazy" }));
+  }
+}
+
+function renderResults(results) {
+  const grid = $("#results");
+  grid.replaceChildren();
+  for (const r of results) {
+    const pct = Math.max(0, Math.min(100, ((r.score + 1) / 2) * 100));
+    const card = el("article", { class: "result", "data-id": r.id, "data-modality": r.modality, title: r.path },
+      mediaFor(r),
+      el("div", { class: "caption" },
+        el("span", { class: "name" }, r.name),
+        el("span", { class: "score" }, r.score.toFixed(3)),
+        el("span", { class: "badge " + r.modality }, r.modality),
+        el("span", { class: "bar-score" }, el("i", { style: `width:${pct.toFixed(1)}%` }))));
+    card.addEventListener("click", (e) => {
+      if (e.target.closest("audio, video, a, button")) return; // let the players work
+      state.like = { id: r.id, name: r.name };
+      state.files = [];
+      $("#q").value = "";
+      renderChips();
+      window.scrollTo({ top: 0, behavior: "smooth" });
+      search();
+    });
+    grid.append(card);
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+async function loadStatus() {
+  try {
+    const res = await api("/api/status");
+    const st = await res.json();
+    if (!res.ok) throw new Error(st.detail || res.statusText);
+    const counts = Object.entries(st.counts || {}).map(([m, n]) => `${n} ${m}`).join(" · ");
+    $("#status").textContent = counts ? `${counts}  —  ${st.model}` : "the store is empty: run xsearch index";
+  } catch (err) {
+    $("#status").textContent = "status unavailable: " + err.message;
+  }
+}
+
+$("#search-form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
+$("#pick").addEventListener("click", () => $("#file").click());
+$("#file").addEventListener("change", (e) => { addFiles([...e.target.files]); e.target.value = ""; });
+
+for (const tab of document.querySelectorAll("#tabs button")) {
+  tab.addEventListener("click", () => {
+    document.querySelectorAll("#tabs button").forEach((b) => b.classList.toggle("active", b === tab));
+    state.target = tab.dataset.target;
+    if (hasQuery()) search();
+  });
+}
+
+// Drag-and-drop anywhere on the page.
+let dragDepth = 0;
+const overlay = $("#drop");
+window.addEventListener("dragenter", (e) => { if (e.dataTransfer.types.includes("Files")) { dragDepth++; overlay.hidden = false; } });
+window.addEventListener("dragleave", () => { if (--dragDepth <= 0) { dragDepth = 0; overlay.hidden = true; } });
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("drop", (e) => {
+  e.preventDefault();
+  dragDepth = 0;
+  overlay.hidden = true;
+  if (e.dataTransfer.files.length) addFiles([...e.dataTransfer.files]);
+});
+
+loadStatus();

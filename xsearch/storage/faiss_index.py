@@ -1,0 +1,538 @@
+"""One FAISS index per modality: inner product over L2-normalised vectors (= cosine).
+
+Small collections use an exact `IDMap2,Flat`; large ones an IVF-PQ index whose candidates are re-ranked
+exactly from the stored vectors. The index is derived data: it is always rebuildable from the database,
+and its configuration (a FAISS factory string plus the tuned parameters) is persisted in a JSON sidecar.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+from xsearch.storage.vectors import id_checksum
+
+log = logging.getLogger(__name__)
+
+FLAT_FACTORY = "IDMap2,Flat"
+SIDECAR_FORMAT = 1
+TUNE_K = 10  # nprobe is tuned for recall@10
+
+Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Results = list[list[tuple[int, float]]]
+
+
+@dataclass(frozen=True)
+class IndexPolicy:
+    """How indexes are chosen, trained and searched. Tests shrink `flat_max` to reach IVF-PQ quickly."""
+
+    flat_max: int = 50_000  # exact search up to this many vectors; IVF-PQ above
+    ivf_factory: str = "IVF{nlist},PQ{m}x8"  # e.g. "OPQ{m},IVF{nlist},PQ{m}x8"
+    pq_bytes: int | None = None  # bytes per vector (PQ M); None: max(D/16, min(D/8, 32)), 64 for D=1024
+    pq_train_per_centroid: int = 64  # PQ k-means sample (x256 centroids); FAISS's 256 costs 4x for ~nothing
+    pq_train_iter: int = 10
+    min_train_per_list: int = 39  # FAISS k-means wants >= 39 points per centroid
+    max_train_per_list: int = 64  # training sample cap: k-means time grows with it, recall barely does
+    retrain_growth: float = 4.0  # retrain once the index holds this many times what it was trained on
+    rerank: int = 10  # candidates per wanted result, re-ranked exactly
+    target_recall: float = 0.95  # recall@10 (after re-ranking) the tuned nprobe must reach...
+    tune_margin: float = 0.02  # ...plus this, as 200 sample queries estimate recall only to about +-0.01
+    tune_queries: int = 200  # stored vectors used as queries when tuning nprobe
+    exact_ids_max: int = 2048  # an `ids` restriction this small is searched exactly from stored vectors
+    chunk: int = 32_768  # vectors read from the database at a time when building
+    seed: int = 1234
+    use_gpu: bool = True  # search on GPU when faiss has one
+
+
+class VectorSource(Protocol):
+    """A consistent view of one modality's stored vectors (the database, for the builder)."""
+
+    dim: int
+
+    def ids(self) -> np.ndarray: ...  # sorted int64
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # (found ids, float32 rows)
+
+    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+class RWLock:
+    """Many concurrent searches or one mutation; writers go first so a busy reader load cannot starve them."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def plan_ivf(n: int, d: int, policy: IndexPolicy) -> tuple[int, int, str]:
+    """(nlist, M, factory) for `n` vectors of dimension `d`."""
+    nlist = 2 ** round(math.log2(max(4 * math.sqrt(n), 1)))  # ~4*sqrt(N), nearest power of two
+    nlist = max(1, min(nlist, 2 ** int(math.log2(max(n // policy.min_train_per_list, 1)))))
+    target = policy.pq_bytes or max(d // 16, min(d // 8, 32))  # >= 8 dims per sub-quantizer: k-means on fewer is slow
+    target = max(1, min(target, d))
+    m = max(x for x in range(1, target + 1) if d % x == 0)  # M must divide D
+    return nlist, m, policy.ivf_factory.format(nlist=nlist, m=m)
+
+
+def _ivf_params(index: faiss.Index, nprobe: int, sel: faiss.IDSelector | None) -> faiss.SearchParameters:
+    params = faiss.SearchParametersIVF(nprobe=nprobe)
+    if sel is not None:
+        params.sel = sel
+    if isinstance(index, faiss.IndexPreTransform):
+        outer = faiss.SearchParametersPreTransform()
+        outer.index_params = params
+        outer._keep = params  # the C++ struct holds a raw pointer
+        return outer
+    return params
+
+
+def _top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    order = np.lexsort((ids, -scores))[:k]  # best score first, ties by id so results are deterministic
+    return [(int(ids[j]), float(scores[j])) for j in order]
+
+
+@dataclass
+class ModalityIndex:
+    """A FAISS index plus what it was built from; mutate and search only through its methods (locking)."""
+
+    modality: str
+    dim: int
+    index: faiss.Index
+    kind: str  # "flat" | "ivfpq"
+    factory: str
+    gen: int  # the database write counter ("gen:<modality>") this index reflects
+    nlist: int | None = None
+    m: int | None = None
+    nprobe: int | None = None
+    rerank: int | None = None
+    trained_on: int | None = None  # index size when trained (retrain past retrain_growth x this)
+    train_sample: int | None = None
+    tuned_recall: float | None = None
+    dirty: bool = True
+    use_gpu: bool = True
+    lock: RWLock = field(default_factory=RWLock, repr=False)
+    _gpu: object | None = field(default=None, repr=False)
+    _gpu_failed: bool = field(default=False, repr=False)
+    _gpu_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # -- size and contents -------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        """Every id in the index, sorted (used by check() and the sidecar checksum)."""
+        with self.lock.read():
+            if self.kind == "flat":
+                out = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            else:
+                ivf = faiss.extract_index_ivf(self.index)
+                invlists = ivf.invlists
+                parts = []
+                for lst in range(ivf.nlist):
+                    size = invlists.list_size(lst)
+                    if size:
+                        parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+                out = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return np.sort(out)
+
+    def needs_rebuild(self, policy: IndexPolicy) -> bool:
+        n = self.ntotal
+        if self.kind == "flat":
+            return n > policy.flat_max
+        trained = self.trained_on or 1
+        return n <= policy.flat_max // 2 or n > policy.retrain_growth * trained or n * policy.retrain_growth < trained
+
+    # -- mutation ----------------------------------------------------------------------------------------
+    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
+        if len(ids):
+            with self.lock.write():
+                self.index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+                self._changed()
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids):
+            with self.lock.write():
+                self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+                self._changed()
+
+    def _changed(self) -> None:
+        self.dirty = True
+        self._gpu = None  # the GPU copy is re-made from the CPU index on the next search
+
+    # -- search ------------------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, fetch: Fetch, *, ids: np.ndarray | None = None,
+               policy: IndexPolicy) -> Results:
+        """Top-k (id, cosine) per query, best first. `fetch` reads stored vectors for re-ranking."""
+        nq = len(queries)
+        if k <= 0 or self.ntotal == 0 or (ids is not None and len(ids) == 0):
+            return [[] for _ in range(nq)]
+        if self.kind == "flat":
+            return self._search_flat(queries, k, ids)
+        if ids is not None and len(ids) <= policy.exact_ids_max:
+            return _exact_over(queries, k, ids, fetch)
+        return self._search_ivf(queries, k, fetch, ids=ids, nprobe=self.nprobe or 1, rerank=self.rerank or policy.rerank)
+
+    def _search_flat(self, queries: np.ndarray, k: int, ids: np.ndarray | None) -> Results:
+        k = min(k, self.ntotal)
+        sel = None if ids is None else faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))
+        params = None if sel is None else faiss.SearchParameters(sel=sel)
+        gpu = self._gpu_index() if sel is None else None
+        with self.lock.read():
+            if gpu is not None:
+                scores, labels = gpu.search(queries, k)
+            else:
+                scores, labels = self.index.search(queries, k, params=params)
+        return [[(int(i), float(s)) for i, s in zip(li, si) if i >= 0] for li, si in zip(labels, scores)]
+
+    def _search_ivf(self, queries: np.ndarray, k: int, fetch: Fetch, *, ids: np.ndarray | None,
+                    nprobe: int, rerank: int) -> Results:
+        nlist = self.nlist or 1
+        sel = None
+        if ids is not None:
+            sel = faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))
+            # Few allowed ids live in few lists: probe proportionally more lists to still find k of them.
+            nprobe = min(nlist, math.ceil(nprobe * self.ntotal / max(len(ids), 1)))
+        # nprobe holds as the index grows (list membership does not change), but more vectors crowd
+        # into the codes' error band: re-rank proportionally more candidates than tuning needed.
+        growth = max(1.0, self.ntotal / self.trained_on) if self.trained_on else 1.0
+        kc = min(self.ntotal, math.ceil(max(k, TUNE_K) * rerank * growth))
+        labels = self._candidates(queries, kc, nprobe, sel)
+        results = _rerank(queries, labels, k, fetch)
+        if ids is not None and nprobe < nlist:
+            want = min(k, len(ids))
+            short = [i for i, r in enumerate(results) if len(r) < want]
+            if short:  # the allowed ids sit in lists we did not probe: look everywhere for those queries
+                labels = self._candidates(queries[short], kc, nlist, sel)
+                for i, r in zip(short, _rerank(queries[short], labels, k, fetch)):
+                    results[i] = r
+        return results
+
+    def _candidates(self, queries: np.ndarray, kc: int, nprobe: int, sel: faiss.IDSelector | None) -> np.ndarray:
+        gpu = self._gpu_index() if sel is None and nprobe == self.nprobe and kc <= 2048 else None
+        with self.lock.read():
+            if gpu is not None:
+                _, labels = gpu.search(queries, kc)
+            else:
+                _, labels = self.index.search(queries, kc, params=_ivf_params(self.index, nprobe, sel))
+        return labels
+
+    def _gpu_index(self) -> object | None:
+        """A GPU copy for unrestricted searches when faiss was built with GPUs; None otherwise."""
+        if self._gpu is not None or self._gpu_failed or not self.use_gpu or not _gpu_available():
+            return self._gpu
+        with self._gpu_lock, self.lock.read():
+            if self._gpu is None and not self._gpu_failed:
+                try:
+                    opts = faiss.GpuClonerOptions()
+                    opts.useFloat16LookupTables = bool(self.m and self.m > 48)  # large M needs half tables on GPU
+                    gpu = faiss.index_cpu_to_gpu(_gpu_resources(), 0, self.index, opts)
+                    if self.nprobe:
+                        faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", self.nprobe)
+                    self._gpu = gpu
+                except Exception as exc:  # an index type the GPU lacks: CPU gives the same answers
+                    log.warning("%s index stays on CPU: %s", self.modality, exc)
+                    self._gpu_failed = True
+        return self._gpu
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def sidecar(self, **extra: object) -> dict:
+        return {
+            "format": SIDECAR_FORMAT,
+            "modality": self.modality,
+            "type": self.kind,
+            "factory": self.factory,
+            "metric": "inner_product",
+            "dim": self.dim,
+            "ntotal": self.ntotal,
+            "nlist": self.nlist,
+            "m": self.m,
+            "nbits": 8 if self.kind == "ivfpq" else None,
+            "nprobe": self.nprobe,
+            "rerank": self.rerank,
+            "trained_on": self.trained_on,
+            "train_sample": self.train_sample,
+            "tuned_recall": self.tuned_recall,
+            "db_gen": self.gen,
+            **extra,
+        }
+
+    def serialize(self) -> np.ndarray:
+        with self.lock.read():
+            return faiss.serialize_index(self.index)
+
+    def save(self, directory: Path) -> None:
+        """Write <modality>.faiss then <modality>.json, each atomically; the sidecar names the index bytes'
+        size and CRC, so a crash between the two renames is detected as a mismatch (and rebuilt)."""
+        data = self.serialize()
+        info = self.sidecar(
+            id_checksum=id_checksum(self.ids()),
+            file_bytes=int(data.nbytes),
+            file_crc32=zlib.crc32(memoryview(data)),
+            written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(directory / f"{self.modality}.faiss", memoryview(data))
+        _atomic_write(directory / f"{self.modality}.json", (json.dumps(info, indent=2) + "\n").encode())
+        self.dirty = False
+
+    @classmethod
+    def load(cls, directory: Path, modality: str) -> ModalityIndex:
+        """Read a persisted index; raises IndexFileError saying what is wrong with the files."""
+        faiss_path, json_path = directory / f"{modality}.faiss", directory / f"{modality}.json"
+        if not faiss_path.exists():
+            raise IndexFileError(f"{faiss_path}: missing")
+        try:
+            info = json.loads(json_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise IndexFileError(f"{json_path}: unreadable sidecar ({exc})") from exc
+        if not isinstance(info, dict) or info.get("format") != SIDECAR_FORMAT or info.get("modality") != modality:
+            raise IndexFileError(f"{json_path}: not a format-{SIDECAR_FORMAT} sidecar for {modality!r}")
+        raw = faiss_path.read_bytes()
+        if len(raw) != info.get("file_bytes") or zlib.crc32(raw) != info.get("file_crc32"):
+            raise IndexFileError(f"{faiss_path}: size/checksum differ from {json_path.name} (half-written or damaged)")
+        try:
+            index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise IndexFileError(f"{faiss_path}: FAISS cannot read it ({exc})") from exc
+        if index.d != info.get("dim") or index.ntotal != info.get("ntotal"):
+            raise IndexFileError(f"{faiss_path}: dimension or size differ from {json_path.name}")
+        return cls(
+            modality=modality, dim=int(index.d), index=index, kind=info["type"], factory=info["factory"],
+            gen=int(info["db_gen"]), nlist=info.get("nlist"), m=info.get("m"), nprobe=info.get("nprobe"),
+            rerank=info.get("rerank"), trained_on=info.get("trained_on"), train_sample=info.get("train_sample"),
+            tuned_recall=info.get("tuned_recall"), dirty=False,
+        )
+
+
+class IndexFileError(Exception):
+    """An index file is missing, unreadable or inconsistent with its sidecar (the index gets rebuilt)."""
+
+
+def remove_files(directory: Path, modality: str) -> None:
+    for suffix in (".faiss", ".json"):
+        (directory / f"{modality}{suffix}").unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, data: bytes | memoryview) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- building ------------------------------------------------------------------------------------------------
+def build(modality: str, source: VectorSource, gen: int, policy: IndexPolicy) -> ModalityIndex:
+    """A fresh index for every vector in `source`, of the type its size calls for."""
+    ids = source.ids()
+    n, d = len(ids), source.dim
+    if n <= policy.flat_max:
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+        for chunk_ids, x in source.chunks(policy.chunk):
+            index.add_with_ids(x, chunk_ids)
+        return ModalityIndex(modality=modality, dim=d, index=index, kind="flat", factory=FLAT_FACTORY, gen=gen)
+
+    nlist, m, factory = plan_ivf(n, d, policy)
+    rng = np.random.default_rng(policy.seed)
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    if hasattr(ivf, "do_polysemous_training"):
+        ivf.do_polysemous_training = False  # only serves Hamming pre-filtering, which we do not use; slow
+    if hasattr(ivf, "pq"):
+        ivf.pq.cp.max_points_per_centroid = policy.pq_train_per_centroid
+        ivf.pq.cp.niter = policy.pq_train_iter
+    n_train = min(n, max(policy.min_train_per_list, policy.max_train_per_list) * nlist)
+    _, train = source.fetch(np.sort(rng.choice(ids, n_train, replace=False)))
+    index.train(train)
+    del train
+
+    # Tuning queries are stored vectors; their exact neighbours are gathered while streaming the adds.
+    query_ids = np.sort(rng.choice(ids, min(policy.tune_queries, n), replace=False))
+    query_ids, queries = source.fetch(query_ids)
+    truth = _ExactTopK(queries, TUNE_K + 1)
+    for chunk_ids, x in source.chunks(policy.chunk):
+        index.add_with_ids(x, chunk_ids)
+        truth.update(chunk_ids, x)
+
+    mi = ModalityIndex(modality=modality, dim=d, index=index, kind="ivfpq", factory=factory, gen=gen,
+                       nlist=nlist, m=m, trained_on=n, train_sample=n_train)
+    mi.nprobe, mi.rerank, mi.tuned_recall = tune(mi, queries, query_ids, truth.ids(), source.fetch, policy)
+    return mi
+
+
+def tune(mi: ModalityIndex, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, fetch: Fetch,
+         policy: IndexPolicy) -> tuple[int, int, float]:
+    """Smallest nprobe whose recall@10 after re-ranking reaches the target, the query itself left out;
+    if even all lists fall short (codes too coarse), more candidates get re-ranked."""
+    cached = _CachedFetch(fetch)
+    neighbours = _drop_self(truth, query_ids, TUNE_K)
+    nlist = mi.nlist or 1
+    probes = sorted({min(2**i, nlist) for i in range(int(math.log2(nlist)) + 2)})
+    recall = 0.0
+    for rerank in (policy.rerank, 2 * policy.rerank, 4 * policy.rerank):
+        previous = -1.0
+        for nprobe in probes:
+            found = mi._search_ivf(queries, TUNE_K + 1, cached, ids=None, nprobe=nprobe, rerank=rerank)
+            got = _drop_self(np.array([[i for i, _ in r] + [-1] * (TUNE_K + 1 - len(r)) for r in found]),
+                             query_ids, TUNE_K)
+            recall = float(np.mean([len(set(a) & set(b)) / TUNE_K for a, b in zip(got, neighbours)]))
+            if recall >= policy.target_recall + policy.tune_margin:
+                return nprobe, rerank, recall
+            if nprobe >= 64 and recall <= previous:  # plateau: the codes, not the lists, are the limit
+                break
+            previous = recall
+    return nlist, 4 * policy.rerank, recall
+
+
+def _drop_self(labels: np.ndarray, query_ids: np.ndarray, k: int) -> list[list[int]]:
+    out = []
+    for row, qid in zip(labels, query_ids):
+        rest = [int(i) for i in row if i != qid and i >= 0]
+        out.append(rest[:k])
+    return out
+
+
+class _ExactTopK:
+    """Running exact top-k of a few queries over vectors streamed in chunks."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.q, self.k = queries, k
+        self.best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.best_i = np.full((len(queries), k), -1, dtype=np.int64)
+
+    def update(self, ids: np.ndarray, x: np.ndarray) -> None:
+        s = np.concatenate([self.best_s, self.q @ x.T], axis=1)
+        i = np.concatenate([self.best_i, np.broadcast_to(ids, (len(self.q), len(ids)))], axis=1)
+        top = np.argpartition(-s, self.k - 1, axis=1)[:, : self.k] if s.shape[1] > self.k else np.argsort(-s, axis=1)
+        self.best_s = np.take_along_axis(s, top, axis=1)
+        self.best_i = np.take_along_axis(i, top, axis=1)
+
+    def ids(self) -> np.ndarray:
+        order = np.argsort(-self.best_s, axis=1)
+        return np.take_along_axis(self.best_i, order, axis=1)
+
+
+class _CachedFetch:
+    """Tuning re-reads mostly the same candidates for each nprobe: keep what was read."""
+
+    def __init__(self, fetch: Fetch):
+        self.fetch = fetch
+        self.rows: dict[int, np.ndarray] = {}
+
+    def __call__(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        missing = np.array([i for i in ids.tolist() if i not in self.rows], dtype=np.int64)
+        if len(missing):
+            got_ids, got = self.fetch(missing)
+            self.rows.update(zip(got_ids.tolist(), got))
+        found = [i for i in ids.tolist() if i in self.rows]
+        if not found:
+            return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return np.array(found, dtype=np.int64), np.stack([self.rows[i] for i in found])
+
+
+def _rerank(queries: np.ndarray, labels: np.ndarray, k: int, fetch: Fetch) -> Results:
+    """Exact cosine for each query's candidates, from the stored vectors (read once for the whole batch)."""
+    wanted = np.unique(labels[labels >= 0])
+    found_ids, vecs = fetch(wanted) if len(wanted) else (np.zeros(0, np.int64), None)
+    order = np.argsort(found_ids, kind="stable")
+    sorted_ids = found_ids[order]
+    results: Results = []
+    for q, row in zip(queries, labels):
+        cand = row[row >= 0]
+        pos = np.searchsorted(sorted_ids, cand)
+        ok = pos < len(sorted_ids)
+        ok[ok] = sorted_ids[pos[ok]] == cand[ok]  # a candidate removed since the index search is dropped
+        cand = cand[ok]
+        if not len(cand):
+            results.append([])
+            continue
+        scores = vecs[order[pos[ok]]] @ q
+        results.append(_top_k(cand, scores, k))
+    return results
+
+
+def _exact_over(queries: np.ndarray, k: int, ids: np.ndarray, fetch: Fetch) -> Results:
+    """Exact search restricted to a few ids: read their vectors and score them all."""
+    found_ids, vecs = fetch(np.unique(np.asarray(ids, dtype=np.int64)))
+    if not len(found_ids):
+        return [[] for _ in range(len(queries))]
+    scores = queries @ vecs.T
+    return [_top_k(found_ids, s, k) for s in scores]
+
+
+_GPU_RES = None
+_GPU_RES_LOCK = threading.Lock()
+
+
+def _gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _gpu_resources() -> object:
+    global _GPU_RES
+    with _GPU_RES_LOCK:
+        if _GPU_RES is None:
+            _GPU_RES = faiss.StandardGpuResources()
+        return _GPU_RES

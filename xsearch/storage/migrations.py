@@ -1,0 +1,113 @@
+"""Schema migrations: a list of functions applied in order, the store's version kept in meta.
+
+`MIGRATIONS[i]` takes a store from schema version i to i+1 inside one transaction. A new store runs all
+of them, so every step is exercised on every fresh store. Never edit a released step: append a new one
+(and update db.py's tables to the result). Each step declares the tables it creates in its own MetaData,
+so later changes to db.py cannot change what an old step does.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from xsearch.errors import StoreError
+
+SCHEMA_VERSION_KEY = "schema_version"
+
+
+def _add_column(conn: sa.Connection, table: str, column: sa.Column) -> None:
+    coltype = column.type.compile(dialect=conn.dialect)
+    null = "" if column.nullable else " NOT NULL"
+    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column.name} {coltype}{null}")
+
+
+def _v1_initial(conn: sa.Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "meta",
+        md,
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("value", sa.Text, nullable=False),
+    )
+    sa.Table(
+        "items",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("path", sa.String(4096), nullable=False, unique=True),
+        sa.Column("modality", sa.String(32), nullable=False),
+        sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+        sa.Column("content_hash", sa.String(128), nullable=True, index=True),
+        sa.Column("facts", sa.Text, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("error", sa.Text, nullable=True),
+        sa.Column("model", sa.String(200), nullable=True),
+        sa.Index("ix_items_modality_status", "modality", "status"),
+        sqlite_autoincrement=True,
+    )
+    sa.Table(
+        "vectors",
+        md,
+        sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )
+    md.create_all(conn)
+
+
+def _v2_roots(conn: sa.Connection) -> None:
+    """Indexed folders with their remembered modality override; items know their root and index time."""
+    md = sa.MetaData()
+    sa.Table(
+        "roots",
+        md,
+        sa.Column("path", sa.String(4096), primary_key=True),
+        sa.Column("modality", sa.String(32), nullable=True),
+        sa.Column("added_at", sa.Float, nullable=False),
+    )
+    md.create_all(conn)
+    _add_column(conn, "items", sa.Column("root", sa.String(4096), nullable=True))
+    _add_column(conn, "items", sa.Column("indexed_at", sa.Float, nullable=True))
+    conn.exec_driver_sql("CREATE INDEX ix_items_root ON items (root)")
+    # Items from before roots existed were indexed "now or earlier": record the migration time.
+    conn.execute(sa.text("UPDATE items SET indexed_at = :t"), {"t": time.time()})
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sa.Connection) -> int:
+    """The store's version; 0 for an empty database."""
+    if not sa.inspect(conn).has_table("meta"):
+        return 0
+    row = conn.execute(sa.text("SELECT value FROM meta WHERE key = :k"), {"k": SCHEMA_VERSION_KEY}).first()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: sa.Connection, *, where: str, read_only: bool, upto: int = SCHEMA_VERSION) -> int:
+    """Bring the schema up to `upto` (in the caller's transaction); returns the version found."""
+    found = schema_version(conn)
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where}: store has schema version {found}, newer than this xsearch understands ({SCHEMA_VERSION}); "
+            "upgrade xsearch or use another store directory"
+        )
+    if found >= upto:
+        return found
+    if read_only:
+        raise StoreError(
+            f"{where}: store has schema version {found} and needs migrating to {upto}; "
+            "open it once without read-only (e.g. run `xsearch index`) to upgrade it"
+        )
+    for version in range(found, upto):
+        MIGRATIONS[version](conn)
+        _set_version(conn, version + 1)
+    return found
+
+
+def _set_version(conn: sa.Connection, version: int) -> None:
+    params = {"k": SCHEMA_VERSION_KEY, "v": str(version)}
+    if conn.execute(sa.text("UPDATE meta SET value = :v WHERE key = :k"), params).rowcount == 0:
+        conn.execute(sa.text("INSERT INTO meta (key, value) VALUES (:k, :v)"), params)

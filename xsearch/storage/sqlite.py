@@ -1,0 +1,67 @@
+"""Everything SQLite-specific lives here, so another database (PostgreSQL) only needs its own twin.
+
+WAL lets readers in other threads/processes keep a consistent snapshot while one writer writes;
+busy_timeout makes a second writer wait instead of failing at once; synchronous=NORMAL is safe
+under WAL (a power cut can lose the last commits, never corrupt the file) and much faster.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def is_sqlite(engine_or_url: sa.Engine | sa.URL | str) -> bool:
+    url = engine_or_url.url if isinstance(engine_or_url, sa.Engine) else sa.make_url(engine_or_url)
+    return url.get_backend_name() == "sqlite"
+
+
+def file_url(path: Path, *, read_only: bool) -> str:
+    """A URL for the SQLite file; read-only opens go through SQLite's own mode=ro so writes fail there too."""
+    posix = Path(os.path.abspath(path)).as_posix()
+    if read_only:
+        return f"sqlite:///file:{posix}?mode=ro&uri=true"
+    return f"sqlite:///{posix}"
+
+
+def create_engine(url: str, *, read_only: bool) -> sa.Engine:
+    # check_same_thread=False: connections come from a pool and may be used by any thread (one at a time).
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000})
+    _install_pragmas(engine, read_only=read_only)
+    return engine
+
+
+def _install_pragmas(engine: sa.Engine, *, read_only: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DBAPI objects
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if not read_only:
+            cur.execute("PRAGMA journal_mode=WAL")  # persistent in the file; needs write access to set
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # Reads get a real snapshot (plain BEGIN, so several SELECTs agree); writes take the write lock
+        # up front (BEGIN IMMEDIATE) so two writers queue on busy_timeout rather than dead-locking
+        # on a read->write upgrade, which SQLite answers with SQLITE_BUSY at once.
+        write = conn.get_execution_options().get("xsearch_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write and not read_only else "BEGIN")
+
+
+def integrity_problems(conn: sa.Connection) -> list[str]:
+    rows = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
+    return [] if rows == ["ok"] else [f"sqlite integrity_check: {r}" for r in rows]
+
+
+def checkpoint(conn: sa.Connection) -> None:
+    """Fold the WAL back into the main file (keeps the -wal file from growing without bound)."""
+    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")

@@ -1,0 +1,763 @@
+"""The storage facade: one object over the metadata database (truth) and the per-modality FAISS indexes.
+
+Concurrency model:
+- every public call opens its own pooled connection and transaction (SQLite WAL: readers see a snapshot);
+- writes from this object are serialised by `_mutex`; each write is one transaction, after which the
+  in-memory index of each touched modality is updated incrementally (or rebuilt and swapped in);
+- searches take only the index's read lock, so many threads can search while another writes.
+A write counter per modality ("gen:<modality>" in meta, bumped in the same transaction as the change) says
+which database state an index reflects; an index whose counter differs is rebuilt from the database.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from xsearch.errors import StoreError, UsageError
+from xsearch.storage import db, migrations
+from xsearch.storage import vectors as vec
+from xsearch.storage.db import items as T_items
+from xsearch.storage.db import meta as T_meta
+from xsearch.storage.db import roots as T_roots
+from xsearch.storage.db import vectors as T_vectors
+from xsearch.storage.faiss_index import IndexFileError, IndexPolicy, ModalityIndex, build, remove_files
+from xsearch.storage.records import FAILED, OK, Item, ItemRecord
+
+log = logging.getLogger(__name__)
+
+INDEX_DIRNAME = "index"
+RESERVED_META = {migrations.SCHEMA_VERSION_KEY, "dim", "vector_dtype"}
+_MODALITY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # it names the index files
+_IN_CHUNK = 900  # ids per IN (...) list: under SQLite's oldest variable limit (999)
+
+_ITEM_COLUMNS = (
+    T_items.c.id, T_items.c.path, T_items.c.modality, T_items.c.size, T_items.c.mtime_ns, T_items.c.content_hash,
+    T_items.c.facts, T_items.c.status, T_items.c.error, T_items.c.model, T_items.c.root, T_items.c.indexed_at,
+)
+
+
+class Storage:
+    """Items, roots and vectors in a SQLAlchemy database; one FAISS index per modality derived from them."""
+
+    def __init__(self, directory: str | os.PathLike, url: str | None = None, *, create: bool = True,
+                 read_only: bool = False, policy: IndexPolicy | None = None):
+        self.directory = Path(directory)
+        self.index_dir = self.directory / INDEX_DIRNAME
+        self.read_only = read_only
+        self.policy = policy or IndexPolicy()
+        self._where = str(db.db_path(self.directory)) if url is None else sa.make_url(url).render_as_string()
+        self._mutex = threading.RLock()  # serialises writes, index loads and swaps in this process
+        self._indexes: dict[str, ModalityIndex] = {}
+        self._format: tuple[int, str] | None = None  # (dim, dtype) once the first vector is stored
+        self._closed = False
+        if url is None and not db.db_path(self.directory).exists():
+            if read_only or not create:
+                raise StoreError(f"{self._where}: no xsearch store here; index a folder first or point to an existing store")
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"{self.directory}: cannot create the store directory ({exc.strerror}); "
+                                 "choose a writable location") from exc
+        self.engine = db.make_engine(self.directory, url, read_only=read_only)
+        try:
+            with self._connect(write=not read_only) as conn:
+                if migrations.schema_version(conn) == 0 and (read_only or not create):
+                    raise StoreError(f"{self._where}: database holds no xsearch store; open it with create=True first")
+                migrations.migrate(conn, where=self._where, read_only=read_only)
+                self._format = self._read_format(conn)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Persist indexes (when writable) and release the database."""
+        if self._closed:
+            return
+        try:
+            if not self.read_only:
+                self.flush()
+        finally:
+            self._closed = True
+            self.engine.dispose()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- meta ------------------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        with self._connect() as conn:
+            return _meta_get(conn, key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        if key in RESERVED_META or key.startswith("gen:"):
+            raise UsageError(f"meta key {key!r} is managed by the store itself")
+        with self._write() as conn:
+            _meta_set(conn, key, str(value))
+
+    @property
+    def dim(self) -> int | None:
+        """Vector dimension of this store (None until the first vector is stored)."""
+        return self._format[0] if self._format else None
+
+    @property
+    def vector_dtype(self) -> str | None:
+        return self._format[1] if self._format else None
+
+    # -- roots -----------------------------------------------------------------------------------------------
+    def add_root(self, path: str, modality: str | None = None) -> None:
+        """Remember an indexed folder and its modality override (None: decide per file)."""
+        if modality is not None:
+            _check_modality(modality)
+        with self._write() as conn:
+            done = conn.execute(sa.update(T_roots).where(T_roots.c.path == path).values(modality=modality)).rowcount
+            if not done:
+                conn.execute(sa.insert(T_roots).values(path=path, modality=modality, added_at=time.time()))
+
+    def roots(self) -> dict[str, str | None]:
+        with self._connect() as conn:
+            return {r.path: r.modality for r in conn.execute(sa.select(T_roots).order_by(T_roots.c.path))}
+
+    def remove_root(self, path: str, *, remove_items: bool = True) -> int:
+        """Forget a folder and (by default) every item indexed under it; returns how many items went."""
+        with self._mutex:
+            with self._write() as conn:
+                conn.execute(sa.delete(T_roots).where(T_roots.c.path == path))
+                ids = [] if not remove_items else conn.execute(
+                    sa.select(T_items.c.id).where(T_items.c.root == path)).scalars().all()
+                gone, count = _delete_items(conn, ids)
+                gens = _bump_gens(conn, gone)
+            self._apply({m: (ids, None, None) for m, ids in gone.items()}, gens)
+        return count
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def items(self, *, root: str | None = None, prefix: str | None = None, modality: str | None = None,
+              status: str | None = None) -> list[Item]:
+        """Items ordered by path; `prefix` is a plain (case-sensitive) string prefix of the path."""
+        query = sa.select(*_ITEM_COLUMNS).order_by(T_items.c.path)
+        if root is not None:
+            query = query.where(T_items.c.root == root)
+        if prefix:
+            query = query.where(_has_prefix(prefix))
+        if modality is not None:
+            query = query.where(T_items.c.modality == modality)
+        if status is not None:
+            query = query.where(T_items.c.status == status)
+        with self._connect() as conn:
+            return [_item(r) for r in conn.execute(query)]
+
+    def item_by_path(self, path: str) -> Item | None:
+        with self._connect() as conn:
+            row = conn.execute(sa.select(*_ITEM_COLUMNS).where(T_items.c.path == path)).first()
+        return _item(row) if row else None
+
+    def items_by_hash(self, content_hash: str, modality: str | None = None) -> list[Item]:
+        query = sa.select(*_ITEM_COLUMNS).where(T_items.c.content_hash == content_hash).order_by(T_items.c.id)
+        if modality is not None:
+            query = query.where(T_items.c.modality == modality)
+        with self._connect() as conn:
+            return [_item(r) for r in conn.execute(query)]
+
+    def get_items(self, ids: Sequence[int]) -> list[Item]:
+        """Items in the order given; ids that no longer exist (removed meanwhile) are skipped."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, Item] = {}
+        with self._connect() as conn:
+            for chunk in _chunks(sorted(set(wanted)), _IN_CHUNK):
+                for row in conn.execute(sa.select(*_ITEM_COLUMNS).where(T_items.c.id.in_(chunk))):
+                    found[row.id] = _item(row)
+        return [found[i] for i in wanted if i in found]
+
+    def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 (n, d) stored vectors in the order given (as stored: float16 precision if so stored)."""
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        fmt = self._format or self._refresh_format()
+        if fmt is None:
+            if len(wanted):
+                raise StoreError(f"{self._where}: no vectors stored yet (asked for item {int(wanted[0])})")
+            return np.zeros((0, 0), np.float32)
+        with self._connect() as conn:
+            got_ids, got = _fetch(conn, np.unique(wanted), fmt, modality=None)
+        row_of = {int(i): r for r, i in enumerate(got_ids)}
+        missing = [int(i) for i in wanted if int(i) not in row_of]
+        if missing:
+            raise StoreError(f"{self._where}: no stored vector for item id {missing[0]} (failed, removed or unknown)")
+        return got[[row_of[int(i)] for i in wanted]] if len(wanted) else np.zeros((0, fmt[0]), np.float32)
+
+    def ids_matching(self, *, modality: str | None = None, prefix: str | None = None,
+                     glob: str | None = None) -> np.ndarray:
+        """Sorted int64 ids of ok items, for filtered search. A `glob` without a path separator matches the
+        file name ("*.jpg"), one with a separator matches the whole path ("/photos/*/2024-*")."""
+        query = sa.select(T_items.c.id, T_items.c.path).where(T_items.c.status == OK).order_by(T_items.c.id)
+        if modality is not None:
+            query = query.where(T_items.c.modality == modality)
+        if prefix:
+            query = query.where(_has_prefix(prefix))
+        whole_path = glob is not None and ("/" in glob or os.sep in glob)
+        if glob is not None:
+            # LIKE is only a (case-insensitive) superset filter; fnmatchcase below is the exact test.
+            like = _glob_to_like(glob)
+            query = query.where(T_items.c.path.like(like if whole_path else "%" + like, escape="\\"))
+        with self._connect() as conn:
+            rows = conn.execute(query).all()
+        if glob is not None:
+            rows = [r for r in rows if fnmatch.fnmatchcase(r.path if whole_path else os.path.basename(r.path), glob)]
+        return np.array([r.id for r in rows], dtype=np.int64)
+
+    def counts(self) -> dict[str, int]:
+        """Number of ok items per modality."""
+        query = (sa.select(T_items.c.modality, sa.func.count()).where(T_items.c.status == OK)
+                 .group_by(T_items.c.modality).order_by(T_items.c.modality))
+        with self._connect() as conn:
+            return {m: int(n) for m, n in conn.execute(query)}
+
+    def errors(self) -> list[Item]:
+        return self.items(status=FAILED)
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def put(self, records: Sequence[ItemRecord]) -> list[int]:
+        """Insert or replace items by path in one transaction; returns their ids in the order given.
+        A record with `error` set becomes a failed item (any previous vector for the path is dropped)."""
+        self._check_writable()
+        records = list(records)
+        if not records:
+            return []
+        latest = {r.path: r for r in records}  # the last record for a path wins
+        batch = list(latest.values())
+        for r in batch:
+            _check_modality(r.modality)
+            if r.vector is None and r.error is None:
+                raise ValueError(f"{r.path}: an ItemRecord needs a vector or an error")
+        good = [r for r in batch if r.error is None]
+        x = _stack(good, self._where) if good else None
+        now = time.time()
+        with self._mutex:
+            with self._write() as conn:
+                fmt = self._check_format(conn, x)
+                old = _existing(conn, [r.path for r in batch])
+                rows = [_row(r, now) for r in batch]
+                updates = [{"b_id": old[row["path"]][0], **row} for row in rows if row["path"] in old]
+                inserts = [row for row in rows if row["path"] not in old]
+                if updates:
+                    conn.execute(sa.update(T_items).where(T_items.c.id == sa.bindparam("b_id")), updates)
+                id_of = {p: ident for p, (ident, _, _) in old.items()}
+                if inserts:
+                    stmt = sa.insert(T_items).returning(T_items.c.id, T_items.c.path)  # matched back by path
+                    id_of.update({p: ident for ident, p in conn.execute(stmt, inserts)})
+                old_ids = [ident for ident, _, _ in old.values()]
+                for chunk in _chunks(old_ids, _IN_CHUNK):
+                    conn.execute(sa.delete(T_vectors).where(T_vectors.c.item_id.in_(chunk)))
+                changes: dict[str, tuple[list[int], list[int] | None, np.ndarray | None]] = {}
+                for ident, modality, status in old.values():
+                    if status == OK:
+                        changes.setdefault(modality, ([], None, None))[0].append(ident)
+                if good:
+                    new_ids = np.array([id_of[r.path] for r in good], dtype=np.int64)
+                    conn.execute(sa.insert(T_vectors), [{"item_id": int(i), "data": b}
+                                                        for i, b in zip(new_ids, vec.encode(x, fmt[1]))])
+                    stored = vec.stored(x, fmt[1])
+                    mods = np.array([r.modality for r in good])
+                    for modality in np.unique(mods):
+                        sel = mods == modality
+                        removals = changes.get(str(modality), ([], None, None))[0]
+                        changes[str(modality)] = (removals, new_ids[sel].tolist(), stored[sel])
+                gens = _bump_gens(conn, changes)
+            self._apply(changes, gens)
+        return [id_of[r.path] for r in records]
+
+    def add_vectors(self, vectors: np.ndarray, *, modality: str, paths: Sequence[str],
+                    model: str | None = None) -> list[int]:
+        """Bring-your-own embeddings: one ok item per path (size/mtime 0: no file facts are known)."""
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or len(x) != len(paths):
+            raise ValueError(f"add_vectors needs an (n, d) array and n paths, got {x.shape} and {len(paths)} paths")
+        return self.put([ItemRecord(path=str(p), modality=modality, size=0, mtime_ns=0, model=model, vector=v)
+                         for p, v in zip(paths, x)])
+
+    def move(self, item_id: int, new_path: str, *, size: int, mtime_ns: int, root: str | None) -> None:
+        """A renamed file keeps its id and vector. An item already at `new_path` (overwritten) is removed."""
+        self._check_writable()
+        with self._mutex:
+            with self._write() as conn:
+                row = conn.execute(sa.select(T_items.c.id).where(T_items.c.id == item_id)).first()
+                if row is None:
+                    raise StoreError(f"{self._where}: no item with id {item_id} to move to {new_path}; "
+                                     "it was removed meanwhile, index the file again")
+                other = conn.execute(sa.select(T_items.c.id).where(T_items.c.path == new_path,
+                                                                   T_items.c.id != item_id)).scalars().all()
+                gone, _ = _delete_items(conn, other)
+                conn.execute(sa.update(T_items).where(T_items.c.id == item_id)
+                             .values(path=new_path, size=size, mtime_ns=mtime_ns, root=root))
+                gens = _bump_gens(conn, gone)
+            self._apply({m: (ids, None, None) for m, ids in gone.items()}, gens)
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Remove items (and their vectors, from the database and the index); returns how many existed."""
+        self._check_writable()
+        with self._mutex:
+            with self._write() as conn:
+                gone, count = _delete_items(conn, [int(i) for i in ids])
+                gens = _bump_gens(conn, gone)
+            self._apply({m: (ids, None, None) for m, ids in gone.items()}, gens)
+        return count
+
+    def flush(self) -> None:
+        """Persist changed indexes (each file written to a temp name, fsynced, then renamed into place)."""
+        self._check_writable()
+        with self._mutex:
+            for modality, mi in list(self._indexes.items()):
+                if mi.dirty:
+                    try:
+                        mi.save(self.index_dir)
+                    except OSError as exc:
+                        raise StoreError(f"{self.index_dir / modality}.faiss: cannot write the index "
+                                         f"({exc.strerror}); check free disk space and permissions") from exc
+
+    # -- search ----------------------------------------------------------------------------------------------
+    def search(self, modality: str, queries: np.ndarray, k: int, *,
+               ids: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """Per query, up to k (item_id, cosine) best first; `ids` restricts the search to those items."""
+        q = vec.as_matrix(queries, what="queries")
+        mi = self._index(modality)
+        if mi is None:
+            return [[] for _ in range(len(q))]
+        if q.shape[1] != mi.dim:
+            raise UsageError(f"queries have {q.shape[1]} dimensions but the {modality} index holds {mi.dim}")
+        restrict = None if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
+        fmt = self._format
+        assert fmt is not None  # an index exists, so vectors (and their format) do
+
+        def fetch(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with self._connect() as conn:
+                return _fetch(conn, wanted, fmt, modality=modality)
+
+        return mi.search(q, int(k), fetch, ids=restrict, policy=self.policy)
+
+    def refresh(self) -> None:
+        """Pick up writes other processes made since the indexes were loaded (reloads or rebuilds them)."""
+        with self._mutex:
+            self._refresh_format()
+            with self._connect() as conn:
+                gens = {m: _gen(conn, m) for m in self._indexes}
+            for modality, gen in gens.items():
+                if self._indexes[modality].gen != gen:
+                    del self._indexes[modality]
+                    self._index(modality)
+
+    def index_info(self) -> dict[str, dict]:
+        out = {}
+        for modality in self._modalities():
+            mi = self._index(modality)
+            if mi is None:
+                continue
+            out[modality] = {
+                "type": mi.kind, "factory": mi.factory, "ntotal": mi.ntotal, "nprobe": mi.nprobe,
+                "trained_on": mi.trained_on, "bytes": int(mi.serialize().nbytes), "nlist": mi.nlist, "m": mi.m,
+                "rerank": mi.rerank, "tuned_recall": mi.tuned_recall, "dim": mi.dim, "flushed": not mi.dirty,
+            }
+        return out
+
+    def rebuild_indexes(self, modality: str | None = None) -> None:
+        """Rebuild indexes from the stored vectors (and persist them unless read-only)."""
+        self._check_open()
+        with self._mutex:
+            targets = [modality] if modality else sorted(set(self._modalities()) | self._index_files())
+            for m in targets:
+                mi = self._build(m)
+                if mi is None:
+                    self._indexes.pop(m, None)
+                    if not self.read_only:
+                        remove_files(self.index_dir, m)
+                else:
+                    self._indexes[m] = mi
+            if not self.read_only:
+                self.flush()
+
+    def check(self) -> list[str]:
+        """Problems found: database integrity, vectors vs items, index files vs the database."""
+        problems: list[str] = []
+        try:
+            with self._connect() as conn:
+                problems += db.integrity_problems(conn)
+                orphans = conn.execute(sa.text(
+                    "SELECT count(*) FROM vectors v LEFT JOIN items i ON i.id = v.item_id "
+                    "WHERE i.id IS NULL OR i.status != :ok"), {"ok": OK}).scalar_one()
+                if orphans:
+                    problems.append(f"{self._where}: {orphans} stored vectors belong to no ok item")
+                bare = conn.execute(sa.text(
+                    "SELECT count(*) FROM items i LEFT JOIN vectors v ON v.item_id = i.id "
+                    "WHERE i.status = :ok AND v.item_id IS NULL"), {"ok": OK}).scalar_one()
+                if bare:
+                    problems.append(f"{self._where}: {bare} ok items have no stored vector; re-index them")
+                mods = self._modalities(conn)
+                db_ids = {m: _modality_ids(conn, m) for m in mods}
+                gens = {m: _gen(conn, m) for m in mods}
+        except StoreError as exc:
+            return problems + [str(exc)]
+        fix = "rebuild it from the database (Storage.rebuild_indexes / `xsearch rebuild`)"
+        for m in sorted(set(mods) | self._index_files()):
+            want = db_ids.get(m, np.zeros(0, np.int64))
+            mem = self._indexes.get(m)
+            if mem is not None and mem.dirty and mem.gen == gens.get(m, 0):
+                # Unflushed but current: the in-memory index is what counts, not the older file.
+                where, have, gen = f"{m} index (in memory)", mem.ids(), mem.gen
+            else:
+                where = str(self.index_dir / f"{m}.faiss")
+                try:
+                    fi = ModalityIndex.load(self.index_dir, m)
+                except IndexFileError as exc:
+                    problems.append(f"{exc}; {fix}")
+                    continue
+                have, gen = fi.ids(), fi.gen
+                if self._format and fi.dim != self._format[0]:
+                    problems.append(f"{where}: holds {fi.dim}-d vectors, the store {self._format[0]}-d; {fix}")
+                    continue
+            if not np.array_equal(have, want):
+                missing = len(np.setdiff1d(want, have, assume_unique=True))
+                extra = len(np.setdiff1d(have, want, assume_unique=True))
+                problems.append(f"{where}: holds {len(have)} vectors, the database {len(want)} for {m} "
+                                f"({missing} missing, {extra} not in the database); {fix}")
+            elif gen != gens.get(m, 0):
+                problems.append(f"{where}: reflects database write {gen}, the database is at {gens.get(m, 0)} "
+                                f"(stale vectors); {fix}")
+        return problems
+
+    # -- internals: indexes ----------------------------------------------------------------------------------
+    def _index(self, modality: str) -> ModalityIndex | None:
+        """The loaded index for a modality: from its file when that matches the database, else rebuilt."""
+        mi = self._indexes.get(modality)
+        if mi is not None:
+            return mi
+        with self._mutex:
+            mi = self._indexes.get(modality)
+            if mi is not None:
+                return mi
+            with self._connect() as conn:
+                gen, count = _gen(conn, modality), len(_modality_ids(conn, modality))
+            if count == 0 and not (self.index_dir / f"{modality}.faiss").exists():
+                return None
+            self._refresh_format()
+            mi = self._load_file(modality)
+            if mi is None or mi.gen != gen or mi.ntotal != count or mi.needs_rebuild(self.policy):
+                if mi is not None:
+                    log.info("%s index is stale (write %s vs %s): rebuilding from the database", modality, mi.gen, gen)
+                mi = self._build(modality)
+            if mi is not None:
+                self._indexes[modality] = mi
+            return mi
+
+    def _load_file(self, modality: str) -> ModalityIndex | None:
+        try:
+            mi = ModalityIndex.load(self.index_dir, modality)
+        except IndexFileError as exc:
+            if (self.index_dir / f"{modality}.faiss").exists():
+                log.warning("%s; rebuilding it from the database", exc)
+            return None
+        if self._format is None or mi.dim != self._format[0]:
+            return None
+        mi.use_gpu = self.policy.use_gpu
+        return mi
+
+    def _build(self, modality: str) -> ModalityIndex | None:
+        """A new index from one consistent database snapshot; None when the store holds no vectors yet."""
+        with self._connect() as conn:
+            fmt = self._read_format(conn)
+            if fmt is None:
+                return None
+            mi = build(modality, _DbSource(conn, modality, fmt), _gen(conn, modality), self.policy)
+        mi.use_gpu = self.policy.use_gpu
+        return mi
+
+    def _apply(self, changes: dict[str, tuple[list[int], list[int] | None, np.ndarray | None]],
+               gens: dict[str, tuple[int, int]]) -> None:
+        """Bring each touched index up to the transaction just committed (caller holds _mutex)."""
+        if changes and self._format is None:
+            self._refresh_format()
+        for modality, (removals, add_ids, add_x) in changes.items():
+            before, after = gens[modality]
+            mi = self._indexes.get(modality)
+            if mi is None:
+                mi = self._load_file(modality)
+            if mi is None or mi.gen != before:  # not built yet, or another process wrote meanwhile
+                self._swap(modality, self._build(modality))
+                continue
+            mi.remove(np.asarray(removals, dtype=np.int64))
+            if add_ids:
+                mi.add(np.asarray(add_ids, dtype=np.int64), add_x)
+            mi.gen = after
+            mi.dirty = True
+            self._indexes[modality] = mi
+            if mi.needs_rebuild(self.policy):  # crossed the flat/IVF line or outgrew its training
+                self._swap(modality, self._build(modality))
+
+    def _swap(self, modality: str, mi: ModalityIndex | None) -> None:
+        if mi is None:
+            self._indexes.pop(modality, None)
+        else:
+            self._indexes[modality] = mi  # atomic: searches already running finish on the old object
+
+    def _modalities(self, conn: sa.Connection | None = None) -> list[str]:
+        """Modalities with at least one ok item."""
+        if conn is None:
+            return list(self.counts())
+        query = sa.select(T_items.c.modality).where(T_items.c.status == OK).distinct().order_by(T_items.c.modality)
+        return list(conn.execute(query).scalars())
+
+    def _index_files(self) -> set[str]:
+        if not self.index_dir.is_dir():
+            return set()
+        return {p.stem for p in self.index_dir.iterdir() if p.suffix in (".faiss", ".json") and _MODALITY_RE.match(p.stem)}
+
+    # -- internals: database ---------------------------------------------------------------------------------
+    @contextmanager
+    def _connect(self, *, write: bool = False) -> Iterator[sa.Connection]:
+        """A pooled connection inside one transaction, database errors turned into StoreError."""
+        self._check_open()
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    db.write_options(conn)
+                with conn.begin():
+                    yield conn
+        except sa.exc.DBAPIError as exc:
+            raise self._db_error(exc) from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        self._check_writable()
+        with self._mutex, self._connect(write=True) as conn:
+            yield conn
+
+    def _db_error(self, exc: sa.exc.DBAPIError) -> StoreError:
+        msg = str(exc.orig)
+        low = msg.lower()
+        if "locked" in low or "busy" in low:
+            return StoreError(f"{self._where}: the database is locked by another xsearch process; "
+                              "try again when it has finished")
+        if "readonly" in low or "read-only" in low:
+            return StoreError(f"{self._where}: the database cannot be written ({msg}); check file permissions")
+        if "not a database" in low or "malformed" in low or "corrupt" in low:
+            return StoreError(f"{self._where}: the database file is damaged ({msg}); restore it from a backup "
+                              "or move it aside and index again")
+        return StoreError(f"{self._where}: database error: {msg}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self._where}: store is closed; open a new Storage")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise StoreError(f"{self._where}: store was opened read-only; open it without read_only to change it")
+
+    def _read_format(self, conn: sa.Connection) -> tuple[int, str] | None:
+        dim, dtype = _meta_get(conn, "dim"), _meta_get(conn, "vector_dtype")
+        return (int(dim), dtype) if dim and dtype else None
+
+    def _refresh_format(self) -> tuple[int, str] | None:
+        if self._format is None:
+            with self._connect() as conn:
+                self._format = self._read_format(conn)
+        return self._format
+
+    def _check_format(self, conn: sa.Connection, x: np.ndarray | None) -> tuple[int, str]:
+        """The store's (dim, dtype); the first vectors fix them. A different dimension means another model."""
+        fmt = self._read_format(conn)
+        if x is None:
+            return fmt or (0, "float16")
+        if fmt is None:
+            fmt = (int(x.shape[1]), vec.choose_dtype(x))
+            _meta_set(conn, "dim", str(fmt[0]))
+            _meta_set(conn, "vector_dtype", fmt[1])
+            self._format = fmt
+        elif x.shape[1] != fmt[0]:
+            model = _meta_get(conn, "model")
+            raise StoreError(
+                f"{self._where}: vectors have {x.shape[1]} dimensions but this store holds {fmt[0]}-dimensional "
+                f"vectors{f' (model {model})' if model else ''}; use the same model, or a new store directory")
+        return fmt
+
+
+class _DbSource:
+    """One modality's stored vectors, read inside the caller's transaction (a consistent snapshot)."""
+
+    def __init__(self, conn: sa.Connection, modality: str, fmt: tuple[int, str]):
+        self.conn, self.modality, self.fmt, self.dim = conn, modality, fmt, fmt[0]
+        self._ids: np.ndarray | None = None
+
+    def ids(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = _modality_ids(self.conn, self.modality)
+        return self._ids
+
+    def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _fetch(self.conn, ids, self.fmt, modality=self.modality)
+
+    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        query = (sa.select(T_vectors.c.item_id, T_vectors.c.data)
+                 .join(T_items, T_items.c.id == T_vectors.c.item_id)
+                 .where(T_items.c.modality == self.modality).order_by(T_vectors.c.item_id))
+        result = self.conn.execution_options(yield_per=size).execute(query)
+        for part in result.partitions(size):
+            yield (np.fromiter((r[0] for r in part), dtype=np.int64, count=len(part)),
+                   vec.decode([r[1] for r in part], self.fmt[1], self.dim))
+
+
+def _fetch(conn: sa.Connection, ids: np.ndarray, fmt: tuple[int, str], *,
+           modality: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(found ids, float32 vectors) for the ids that have a stored vector (of `modality`), in database order."""
+    found: list[int] = []
+    blobs: list[bytes] = []
+    for chunk in _chunks(np.asarray(ids, dtype=np.int64).tolist(), _IN_CHUNK):
+        query = sa.select(T_vectors.c.item_id, T_vectors.c.data).where(T_vectors.c.item_id.in_(chunk))
+        if modality is not None:
+            query = query.join(T_items, T_items.c.id == T_vectors.c.item_id).where(T_items.c.modality == modality)
+        for ident, data in conn.execute(query):
+            found.append(ident)
+            blobs.append(data)
+    return np.array(found, dtype=np.int64), vec.decode(blobs, fmt[1], fmt[0])
+
+
+def _modality_ids(conn: sa.Connection, modality: str) -> np.ndarray:
+    query = (sa.select(T_vectors.c.item_id).join(T_items, T_items.c.id == T_vectors.c.item_id)
+             .where(T_items.c.modality == modality).order_by(T_vectors.c.item_id))
+    return np.array(conn.execute(query).scalars().all(), dtype=np.int64)
+
+
+def _existing(conn: sa.Connection, paths: list[str]) -> dict[str, tuple[int, str, str]]:
+    out = {}
+    for chunk in _chunks(paths, _IN_CHUNK):
+        query = sa.select(T_items.c.path, T_items.c.id, T_items.c.modality, T_items.c.status)
+        for path, ident, modality, status in conn.execute(query.where(T_items.c.path.in_(chunk))):
+            out[path] = (ident, modality, status)
+    return out
+
+
+def _delete_items(conn: sa.Connection, ids: Sequence[int]) -> tuple[dict[str, list[int]], int]:
+    """Delete items and their vectors; returns (ids that had vectors, by modality) and how many existed."""
+    gone: dict[str, list[int]] = {}
+    count = 0
+    for chunk in _chunks(sorted(set(ids)), _IN_CHUNK):
+        rows = conn.execute(sa.select(T_items.c.id, T_items.c.modality, T_items.c.status)
+                            .where(T_items.c.id.in_(chunk))).all()
+        for ident, modality, status in rows:
+            if status == OK:
+                gone.setdefault(modality, []).append(ident)
+        count += len(rows)
+        conn.execute(sa.delete(T_vectors).where(T_vectors.c.item_id.in_(chunk)))
+        conn.execute(sa.delete(T_items).where(T_items.c.id.in_(chunk)))
+    return gone, count
+
+
+def _gen(conn: sa.Connection, modality: str) -> int:
+    return int(_meta_get(conn, f"gen:{modality}") or 0)
+
+
+def _bump_gens(conn: sa.Connection, modalities: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Advance each touched modality's write counter in this transaction: {modality: (before, after)}."""
+    out = {}
+    for m in modalities:
+        before = _gen(conn, m)
+        _meta_set(conn, f"gen:{m}", str(before + 1))
+        out[m] = (before, before + 1)
+    return out
+
+
+def _meta_get(conn: sa.Connection, key: str) -> str | None:
+    return conn.execute(sa.select(T_meta.c.value).where(T_meta.c.key == key)).scalar_one_or_none()
+
+
+def _meta_set(conn: sa.Connection, key: str, value: str) -> None:
+    if not conn.execute(sa.update(T_meta).where(T_meta.c.key == key).values(value=value)).rowcount:
+        conn.execute(sa.insert(T_meta).values(key=key, value=value))
+
+
+def _row(r: ItemRecord, now: float) -> dict:
+    failed = r.error is not None
+    return {
+        "path": r.path, "modality": r.modality, "size": int(r.size), "mtime_ns": int(r.mtime_ns),
+        "content_hash": r.content_hash, "facts": json.dumps(r.facts or {}, sort_keys=True, default=_json_default),
+        "status": FAILED if failed else OK, "error": r.error if failed else None, "model": r.model,
+        "root": r.root, "indexed_at": now,
+    }
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"media fact of type {type(value).__name__} cannot be stored as JSON")
+
+
+def _item(row: sa.Row) -> Item:
+    return Item(id=row.id, path=row.path, modality=row.modality, size=row.size, mtime_ns=row.mtime_ns,
+                content_hash=row.content_hash, facts=json.loads(row.facts) if row.facts else {}, status=row.status,
+                error=row.error, model=row.model, root=row.root, indexed_at=row.indexed_at)
+
+
+def _stack(records: list[ItemRecord], where: str) -> np.ndarray:
+    dims = {np.asarray(r.vector).size for r in records}
+    if len(dims) > 1:
+        raise StoreError(f"{where}: one put() holds vectors of different dimensions {sorted(dims)}; "
+                         "every vector in a store must come from the same model")
+    return vec.as_matrix(np.stack([np.asarray(r.vector, dtype=np.float32).reshape(-1) for r in records]))
+
+
+def _check_modality(modality: str) -> None:
+    if not isinstance(modality, str) or not _MODALITY_RE.match(modality):
+        raise UsageError(f"modality {modality!r} is not a valid name (lower-case letters, digits, '_' or '-')")
+
+
+def _has_prefix(prefix: str) -> sa.ColumnElement[bool]:
+    # substr, not LIKE: SQLite's LIKE ignores case, and paths are case-sensitive.
+    return sa.func.substr(T_items.c.path, 1, len(prefix)) == prefix
+
+
+def _glob_to_like(glob: str) -> str:
+    """A LIKE pattern matching at least what the glob matches (bracket expressions become '_')."""
+    out, i = [], 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "*":
+            out.append("%")
+        elif c == "?":
+            out.append("_")
+        elif c == "[":
+            j = i + 1
+            if glob[j: j + 1] == "!":
+                j += 1
+            if glob[j: j + 1] == "]":
+                j += 1
+            end = glob.find("]", j)
+            if end < 0:  # no closing bracket: fnmatch reads "[" literally
+                out.append("[")
+            else:
+                out.append("_")
+                i = end
+        elif c in "%_\\":
+            out.append("\\" + c)
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _chunks(seq: Sequence, size: int) -> Iterator[list]:
+    seq = list(seq)
+    for start in range(0, len(seq), size):
+        yield seq[start: start + size]

@@ -1,0 +1,80 @@
+"""How embedding vectors are stored as bytes in the database (no pickle: raw little-endian floats).
+
+float16 halves the store and keeps cosine similarity: for a unit vector each component keeps ~11 bits,
+so the round-trip cosine is ~1 - 1e-7 (we require >= MIN_ROUNDTRIP_COSINE before choosing it).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DTYPES: dict[str, np.dtype] = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+MIN_ROUNDTRIP_COSINE = 0.9999
+
+
+def as_matrix(x: np.ndarray, *, what: str = "vectors") -> np.ndarray:
+    """A C-contiguous float32 (n, d) copy of `x` with every row L2-normalised (cosine = inner product)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"{what} must be a (n, d) array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} contain NaN or infinity")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{what} contain an all-zero vector, which has no direction")
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+
+def roundtrip_cosine(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Per row, cosine between `x` and `x` stored as `dtype` and read back."""
+    x = np.asarray(x, dtype=np.float32)
+    y = x.astype(DTYPES[dtype]).astype(np.float32)
+    num = np.einsum("ij,ij->i", x.astype(np.float64), y.astype(np.float64))
+    den = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    return num / np.maximum(den, 1e-30)
+
+
+def choose_dtype(x: np.ndarray) -> str:
+    """float16 when it keeps every vector's cosine >= MIN_ROUNDTRIP_COSINE, float32 otherwise."""
+    return "float16" if roundtrip_cosine(x, "float16").min() >= MIN_ROUNDTRIP_COSINE else "float32"
+
+
+def encode(x: np.ndarray, dtype: str) -> list[bytes]:
+    raw = np.ascontiguousarray(x, dtype=DTYPES[dtype])
+    return [row.tobytes() for row in raw]
+
+
+def decode(blobs: Sequence[bytes], dtype: str, dim: int) -> np.ndarray:
+    """float32 (n, dim) from stored blobs, in the order given."""
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    flat = np.frombuffer(b"".join(blobs), dtype=DTYPES[dtype])
+    if flat.size != len(blobs) * dim:
+        raise ValueError(f"stored vectors do not have {dim} {dtype} values each")
+    return _unit(flat.reshape(len(blobs), dim).astype(np.float32))
+
+
+def stored(x: np.ndarray, dtype: str) -> np.ndarray:
+    """`x` as it will read back from the store: indexes hold exactly this, so fresh and rebuilt agree."""
+    return _unit(x.astype(DTYPES[dtype]).astype(np.float32))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    # Rounding to float16 moves the norm off 1 by ~1e-4; re-normalising keeps inner products true cosines.
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def id_checksum(ids: np.ndarray) -> str:
+    """An order-independent fingerprint of a set of ids (count + sum of mixed 64-bit hashes)."""
+    v = np.asarray(ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = v * np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(29)
+        total = int(h.sum(dtype=np.uint64))
+    return f"{len(v)}:{total:016x}"
