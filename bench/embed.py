@@ -100,7 +100,9 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def measure(emb: Embedder, m: str, inputs: torch.Tensor, batches: list[int], repeats: int) -> tuple[dict, dict, np.ndarray]:
+def measure(
+    emb: Embedder, m: str, inputs: torch.Tensor, batches: list[int], repeats: int, label: str | None = None
+) -> tuple[dict, dict, np.ndarray]:
     """items/s (wall) and items per CPU-second per batch size, after a batch-1 warm-up; the largest batch's outputs."""
     emb.embed_tensors(m, inputs[:1])  # warm-up: oneDNN primitives, first-touch allocations
     rates, cpu_rates = {}, {}
@@ -108,7 +110,7 @@ def measure(emb: Embedder, m: str, inputs: torch.Tensor, batches: list[int], rep
         wall, cpu = time_calls(lambda: emb.embed_tensors(m, inputs[:b]), repeats)
         rates[f"b{b}"] = round(b / wall, 3)
         cpu_rates[f"b{b}"] = round(b / cpu, 3)
-        log(f"  {m} {emb.dtype} batch {b}: {wall:.2f} s/batch wall, {cpu:.2f} s CPU, {b / wall:.3f} items/s (load {loadavg()})")
+        log(f"  {m} {label or str(emb.dtype).replace('torch.', '')} batch {b}: {wall:.2f} s/batch wall, {cpu:.2f} s CPU, {b / wall:.3f} items/s (load {loadavg()})")
     return rates, cpu_rates, emb.embed_tensors(m, inputs[: max(batches)])
 
 
@@ -127,7 +129,7 @@ def bench_int8(model: ImageBindModel, m: str, inputs: torch.Tensor, batches: lis
             q = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         n_q = sum(1 for mod in q.modules() if "quantized" in type(mod).__module__ and "Linear" in type(mod).__name__)
         emb = Embedder(q, device="cpu", dtype="float32", model_id="bench-int8")
-        rates, cpu_rates, out = measure(emb, m, inputs, batches, repeats)
+        rates, cpu_rates, out = measure(emb, m, inputs, batches, repeats, label="int8-dynamic")
         notes = sorted({str(w.message).splitlines()[0] for w in caught if issubclass(w.category, DeprecationWarning)})
         return {
             "items_per_s": rates,

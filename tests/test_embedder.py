@@ -211,6 +211,12 @@ def test_bf16_agrees_on_preprocessed_media(
     assert _cos(a, b).min() >= 0.999
 
 
+def test_default_model_needs_no_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XSEARCH_HOME", str(tmp_path))
+    emb = Embedder(device="cpu")
+    assert emb.model_id == "imagebind_huge" and emb.dim == 1024 and emb.loaded_towers == ()
+
+
 def test_dtype_and_device_resolution() -> None:
     cpu = torch.device("cpu")
     assert resolve_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
@@ -219,7 +225,7 @@ def test_dtype_and_device_resolution() -> None:
     with pytest.raises(UsageError, match="dtype"):
         resolve_dtype("int8", cpu)
     with pytest.raises(UsageError, match="device"):
-        Embedder(_medium_model(), device="tpu")
+        Embedder("imagebind_huge", device="tpu")
 
 
 # ---------------------------------------------------------------- errors
@@ -231,6 +237,8 @@ def test_errors_are_clear(tiny: str, tmp_path: Path) -> None:
         emb.embed("smell", ["x"])
     with pytest.raises(UsageError, match="unknown modality"):
         emb.embed_tensors("lidar", torch.zeros(1, 3))
+    with pytest.raises(UsageError, match="must be a list"):
+        emb.embed("text", "a lone string")
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(MediaError, match="broken.jpg") as err:
