@@ -63,12 +63,13 @@ def ivf_store(tmp_path_factory: pytest.TempPathFactory):
 def test_plan_ivf_follows_size_and_dimension():
     policy = IndexPolicy()
     nlist, m, factory = plan_ivf(1_000_000, 1024, policy)
-    assert nlist == 4096 and m == 64 and factory == "IVF4096,PQ64x8"
+    assert nlist == 2048 and m == 128 and factory == "IVF2048,PQ128x8"  # 4*sqrt(N) = 4000, rounded down
     nlist, m, _ = plan_ivf(100_000, 1024, policy)
-    assert nlist == 1024 and m == 64
+    assert nlist == 1024 and m == 128
     for n in (2_000, 60_000, 300_000):
         nlist, m, _ = plan_ivf(n, 96, policy)
         assert nlist & (nlist - 1) == 0 and n / nlist >= 39  # power of two, enough points per centroid
+        assert 2 * math.sqrt(n) < nlist <= 4 * math.sqrt(n) or n / (2 * nlist) < 39
         assert 96 % m == 0
 
 

@@ -7,19 +7,22 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from xsearch.errors import UsageError
 from xsearch.indexer import Indexer, IndexReport
 from xsearch.indexer.progress import Progress
+from xsearch.indexer.walk import fs_path, store_path
 from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
 from xsearch.query.spec import INPUT_MODALITIES
 from xsearch.storage import Storage
+from xsearch.storage.lock import writer_lock
 
 _INPUT_KINDS = INPUT_MODALITIES + ("like", "vector")
 
@@ -100,19 +103,33 @@ class Store:
         progress: Progress | None = None,
         batch_size: int = 8,
         workers: int | None = None,
+        wait: bool = False,
+        on_wait: Callable[[str], None] | None = None,
     ) -> IndexReport:
-        """Index files and folders (all known folders when ``paths`` is empty); incremental."""
+        """Index files and folders (all known folders when ``paths`` is empty); incremental.
+
+        One index run writes to a store at a time (``<store>/index.lock``): if another holds it, this
+        raises a StoreError naming its pid, or with ``wait=True`` waits for it (``on_wait`` gets a line first).
+        """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        self._check_model()
-        model_id = self.model_id
-        if self.storage.get_meta("model") is None:
-            self.storage.set_meta("model", model_id)
-            self.storage.set_meta("model_name", self.model_name)
-        indexer = Indexer(
-            self.storage, lambda: self.embedder, model_id, batch_size=batch_size, workers=workers, progress=progress
-        )
-        return indexer.run([os.fspath(p) for p in paths], modality)
+        with self._writing(wait=wait, on_wait=on_wait):
+            self._check_model()
+            model_id = self.model_id
+            if self.storage.get_meta("model") is None:
+                self.storage.set_meta("model", model_id)
+                self.storage.set_meta("model_name", self.model_name)
+            indexer = Indexer(
+                self.storage, lambda: self.embedder, model_id, batch_size=batch_size, workers=workers, progress=progress
+            )
+            return indexer.run([os.fspath(p) for p in paths], modality)
+
+    def _writing(self, *, wait: bool = False, on_wait: Callable[[str], None] | None = None, what: str = "xsearch index",
+                 hint: str = "wait for it or pass --wait"):
+        """The store's writer lock (see xsearch.storage.lock); nothing to lock on a read-only store."""
+        if self.storage.read_only:
+            return contextlib.nullcontext()
+        return writer_lock(self.path, wait=wait, on_wait=on_wait, what=what, hint=hint)
 
     def add_vectors(self, vectors: np.ndarray, *, modality: str, paths: Sequence[str], model: str | None = None) -> list[int]:
         """Bring your own embeddings: store (and index) one unit vector per path."""
@@ -122,26 +139,28 @@ class Store:
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         if not np.all(np.isfinite(norms)) or np.any(norms == 0):
             raise UsageError("add_vectors: every vector must be finite and non-zero")
-        ids = self.storage.add_vectors(vectors / norms, modality=modality, paths=list(paths), model=model)
-        self.storage.flush()
+        with self._writing(hint="try again when it has finished"):
+            ids = self.storage.add_vectors(vectors / norms, modality=modality, paths=list(paths), model=model)
+            self.storage.flush()
         return ids
 
     def remove(self, paths: str | os.PathLike | Iterable[str | os.PathLike]) -> int:
         """Forget files (a folder removes everything under it). Returns how many items went."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        ids: list[int] = []
-        for p in paths:
-            p = os.path.abspath(os.fspath(p))
-            item = self.storage.item_by_path(p)
-            if item is not None:
-                ids.append(item.id)
-            else:
-                ids.extend(it.id for it in self.storage.items(prefix=os.path.join(p, "")))
-            if p in self.storage.roots():
-                self.storage.remove_root(p)
-        n = self.storage.remove(ids) if ids else 0
-        self.storage.flush()
+        with self._writing(hint="try again when it has finished"):
+            ids: list[int] = []
+            for p in paths:
+                p = store_path(os.path.abspath(os.fsdecode(p)))
+                item = self.storage.item_by_path(p)
+                if item is not None:
+                    ids.append(item.id)
+                else:
+                    ids.extend(it.id for it in self.storage.items(prefix=os.path.join(p, "")))
+                if p in self.storage.roots():
+                    self.storage.remove_root(p)
+            n = self.storage.remove(ids) if ids else 0
+            self.storage.flush()
         return n
 
     # ------------------------------------------------------------ searching
@@ -197,6 +216,20 @@ class Store:
             "store_bytes": size,
             "errors": [{"path": it.path, "reason": it.error} for it in self.storage.errors()],
         }
+
+    def doctor(self, repair: bool = False) -> dict[str, Any]:
+        """Check the store: database integrity, store vs index agreement, half-written
+        index files, files that vanished from disk. ``repair`` rebuilds the derived indexes."""
+        problems = [{"kind": "store", "detail": p} for p in self.storage.check()]
+        vanished = [it.path for it in self.storage.items(status="ok") if it.root is not None and not os.path.exists(fs_path(it.path))]
+        problems += [{"kind": "vanished", "detail": f"{p}: no longer on disk; `xsearch index` drops it"} for p in vanished]
+        repaired = False
+        if repair and any(p["kind"] == "store" for p in problems):
+            with self._writing(hint="try `xsearch doctor --repair` again when it has finished"):
+                self.storage.rebuild_indexes()
+            repaired = True
+            problems = [{"kind": "store", "detail": p} for p in self.storage.check()] + [p for p in problems if p["kind"] != "store"]
+        return {"ok": not problems, "problems": problems, "repaired": repaired}
 
     def close(self) -> None:
         self.storage.close()

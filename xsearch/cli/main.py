@@ -33,7 +33,11 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON.")
 
 
 def _emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:  # a path that is not valid UTF-8, on a strict terminal: \u escapes instead
+        sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=True, default=str) + "\n")
 
 
 @contextmanager
@@ -68,6 +72,7 @@ def index(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    wait: bool = typer.Option(False, "--wait", help="If another xsearch index is writing to the store, wait for it instead of exiting."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Index media folders (incremental: unchanged files are not decoded again)."""
@@ -76,7 +81,8 @@ def index(
     with _errors():
         with _open(store, model, device=device) as s:
             bar = RichProgress() if progress and not as_json and sys.stderr.isatty() else None
-            report = s.index([os.fspath(p) for p in paths or []], modality, progress=bar, batch_size=batch_size, workers=workers)
+            report = s.index([os.fspath(p) for p in paths or []], modality, progress=bar, batch_size=batch_size, workers=workers,
+                             wait=wait, on_wait=lambda line: err.print(line, highlight=False, markup=False))
     if as_json:
         _emit_json(report.to_dict())
     else:
@@ -173,6 +179,27 @@ def status(
             out.print(f"{e['path']}: {e['reason']}", highlight=False, markup=False)
     elif n_err:
         out.print(f"{n_err} file(s) failed; see xsearch status --errors")
+
+
+@app.command()
+def doctor(
+    store: Optional[Path] = StoreOpt,
+    repair: bool = typer.Option(False, "--repair", help="Rebuild the FAISS indexes from the stored vectors."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check the store (database integrity, index vs database, vanished files); exit 1 if problems remain."""
+    with _errors():
+        with _open(store, create=False) as s:
+            report = s.doctor(repair=repair)
+    if as_json:
+        _emit_json(report)
+    else:
+        for p in report["problems"]:
+            out.print(f"[{p['kind']}] {p['detail']}", highlight=False, markup=False)
+        if report["repaired"]:
+            out.print("indexes rebuilt from the database")
+        out.print("ok" if report["ok"] else f"{len(report['problems'])} problem(s)" + ("" if repair else "; --repair rebuilds the indexes"))
+    raise typer.Exit(0 if report["ok"] else 1)
 
 
 @app.command()

@@ -3,9 +3,22 @@
 Decoding happens in worker threads while the main thread embeds the previous
 batch; every batch is committed in one transaction, so an interrupted run keeps
 everything it finished and the next run continues where it stopped.
+
+Images are decoded with ``load_image``'s fast path by default (a large JPEG is
+decoded by libjpeg at 1/2-1/8 scale, short side still >= 336 px; embeddings
+within cosine 0.999 of the exact decode, see ``tests/test_fast_decode.py``);
+``Indexer(..., fast_decode=False)`` decodes exactly.
+
+A light model (a tower under ``LIGHT_MODEL_PARAMS`` parameters) runs with one
+torch thread during the run: its operators are too small for intra-op threads
+to pay, and every parallel region then waits on a team thread that the decode
+workers (or other processes) have pushed off its core. Measured on 2 cores, that
+contention made the tiny test model's forward 5-20x slower and the index run's
+throughput several times lower. Heavy towers (ImageBind huge) keep every thread.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import deque
@@ -16,13 +29,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from xsearch.engine.preprocess.image import fast_decode as _fast_decode
 from xsearch.errors import MediaError
 from xsearch.indexer.detect import check_override, detect_modality
 from xsearch.indexer.facts import media_facts
 from xsearch.indexer.hashing import content_hash
 from xsearch.indexer.progress import NoProgress, Progress
-from xsearch.indexer.walk import Entry, walk
-from xsearch.storage import ItemRecord, Storage
+from xsearch.indexer.walk import Entry, fs_path, store_path, walk
+from xsearch.storage import Item, ItemRecord, Storage
 
 
 @dataclass
@@ -59,6 +73,10 @@ class _Result:
     reuse: Any = None  # an Item whose vector this file can take
 
 
+# Below this many parameters (the embedder's model for a modality), index runs use one torch thread.
+LIGHT_MODEL_PARAMS = 10_000_000
+
+
 def _default_workers() -> int:
     return max(2, min(8, (os.cpu_count() or 2)))
 
@@ -75,6 +93,7 @@ class Indexer:
         batch_size: int = 8,
         workers: int | None = None,
         progress: Progress | None = None,
+        fast_decode: bool = True,
     ):
         self.storage = storage
         self._get_embedder = get_embedder
@@ -83,6 +102,13 @@ class Indexer:
         self.batch_size = batch_size
         self.workers = workers or _default_workers()
         self.progress = progress or NoProgress()
+        self.fast_decode = fast_decode
+        # Content-hash lookups (copies, touched files): modalities the store held ok items of when the
+        # run started (asked per file), and the items this run wrote (looked up here, no query).
+        self._lookup: set[str] = set()
+        self._added: dict[tuple[str, str], Item] = {}
+        self._threads_tuned = False
+        self._threads_before: int | None = None  # torch's thread count to restore after the run
 
     @property
     def embedder(self):
@@ -103,7 +129,8 @@ class Indexer:
             if not os.path.exists(root):
                 from xsearch.errors import UsageError
 
-                raise UsageError(f"{root}: no such file or folder")
+                raise UsageError(f"{store_path(root)}: no such file or folder")
+            root = store_path(root)  # as stored (a folder name that is not valid UTF-8 is escaped)
             override = modality if modality is not None else known.get(root)
             self.storage.add_root(root, override)
             roots.append((root, override))
@@ -116,7 +143,7 @@ class Indexer:
         for root, override in roots:
             stored = {it.path: it for it in self.storage.items(root=root)}
             seen: set[str] = set()
-            for entry in walk(root):
+            for entry in walk(fs_path(root)):
                 seen.add(entry.path)
                 if entry.error is not None:
                     old = stored.get(entry.path)
@@ -125,7 +152,7 @@ class Indexer:
                         continue
                     failures.append(self._failure(entry, "unknown", root, entry.error))
                     continue
-                modality = detect_modality(entry.path, override)
+                modality = detect_modality(entry.fspath, override)
                 if modality is None:
                     report.skipped += 1
                     continue
@@ -153,13 +180,22 @@ class Indexer:
 
     def _decode(self, task: _Task, by_hash: dict[tuple[str, str], Any]) -> _Result:
         res = _Result(task)
-        path, modality = task.entry.path, task.modality
+        path, modality = task.entry.fspath, task.modality
         try:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise MediaError(path, "file was deleted or moved while the run was in progress; "
+                                       "the next `xsearch index` run forgets it") from None
+            if (st.st_size, st.st_mtime_ns) != (task.entry.size, task.entry.mtime_ns):
+                # Rewritten since the walk: index what is there now, under its new size and time (a change
+                # after this stat leaves the stored time behind the file's, so the next run redoes it).
+                task.entry = dataclasses.replace(task.entry, size=st.st_size, mtime_ns=st.st_mtime_ns)
             if task.entry.size == 0:
                 raise MediaError(path, "empty file")
             res.hash = content_hash(path)
-            reuse = by_hash.get((res.hash, modality))
-            if reuse is None:
+            reuse = by_hash.get((res.hash, modality)) or self._added.get((res.hash, modality))
+            if reuse is None and modality in self._lookup:
                 found = [it for it in self.storage.items_by_hash(res.hash, modality) if it.status == "ok" and it.model == self.model_id]
                 reuse = found[0] if found else None
             if reuse is not None:
@@ -171,7 +207,8 @@ class Indexer:
                 res.data = load_text(path)
                 res.facts = {"chars": len(res.data), "snippet": res.data[:200]}
             else:
-                res.data = self.embedder.load(modality, path)
+                with _fast_decode(self.fast_decode):  # thread-local: only image decoding consults it
+                    res.data = self.embedder.load(modality, path)
                 res.facts = media_facts(modality, path)
         except MediaError as e:
             res.error = e.reason
@@ -201,6 +238,7 @@ class Indexer:
         except KeyboardInterrupt:
             report.interrupted = True
         finally:
+            self._restore_threads()
             self.progress.stop()
             self.storage.flush()
         report.seconds = round(time.perf_counter() - t0, 3)
@@ -214,6 +252,9 @@ class Indexer:
 
     def _embed_all(self, todo: list[_Task], by_hash, gone: dict[str, Any], report: IndexReport) -> None:
         pending: dict[str, list[_Result]] = {}
+        # One query instead of one per file: a modality with no ok item yet cannot hold this file's content.
+        self._lookup = {m for m, n in self.storage.counts().items() if n}
+        self._added = {}
         window = self.workers * 2 + self.batch_size
         queue: deque[Future] = deque()
         tasks = iter(todo)
@@ -257,10 +298,11 @@ class Indexer:
             return
         # A copy (or a touched file whose content is unchanged): take the stored vector.
         vec = self.storage.get_vectors([src.id])[0]
-        self.storage.put([ItemRecord(
+        record = ItemRecord(
             path=e.path, modality=src.modality, size=e.size, mtime_ns=e.mtime_ns, content_hash=res.hash,
             facts=src.facts, model=src.model, root=res.task.root, vector=vec, error=None,
-        )])
+        )
+        self._remember(record, self.storage.put([record]))
         if src.path == e.path:
             report.unchanged += 1
         else:
@@ -289,11 +331,44 @@ class Indexer:
             )
             for r, v in zip(batch, vectors)
         ]
-        self.storage.put(records)
+        self._remember(records, self.storage.put(records))
         report.embedded += len(records)
         self.progress.advance(len(records))
 
+    def _remember(self, records: ItemRecord | list[ItemRecord], ids: list[int]) -> None:
+        """Note the ok items just committed, so later files of the same content reuse them without a query."""
+        for r, ident in zip([records] if isinstance(records, ItemRecord) else records, ids):
+            if r.content_hash and r.error is None:
+                self._added.setdefault((r.content_hash, r.modality), Item(
+                    id=ident, path=r.path, modality=r.modality, size=r.size, mtime_ns=r.mtime_ns,
+                    content_hash=r.content_hash, facts=r.facts, status="ok", error=None, model=r.model, root=r.root,
+                ))
+
+    def _tune_threads(self, modality: str) -> None:
+        """Once per run, before the first forward: one torch thread for a light model on the CPU."""
+        self._threads_tuned = True
+        emb = self.embedder
+        model_for = getattr(emb, "model_for", None)
+        device = getattr(emb, "device", None)
+        if model_for is None or getattr(device, "type", None) != "cpu" or torch.get_num_threads() <= 1:
+            return
+        try:
+            params = sum(p.numel() for p in model_for(modality).parameters())
+        except Exception:  # an embedder without a torch module behind it: leave threads alone
+            return
+        if params < LIGHT_MODEL_PARAMS:
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def _restore_threads(self) -> None:
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+        self._threads_before = None
+        self._threads_tuned = False
+
     def _embed(self, modality: str, data: list[Any]) -> np.ndarray:
+        if not self._threads_tuned:
+            self._tune_threads(modality)
         if modality == "text":
             return self.embedder.embed("text", data)
         # IMU items have varying window counts: the embedder takes them as a list.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat as stat_mod
 from dataclasses import dataclass
 from typing import Iterator
@@ -9,13 +10,57 @@ from typing import Iterator
 
 @dataclass(frozen=True)
 class Entry:
-    path: str  # absolute, as given by the file system (not resolved through symlinks)
+    path: str  # absolute, as stored and shown (see store_path), not resolved through symlinks
     size: int = 0
     mtime_ns: int = 0
     error: str | None = None  # why the entry cannot be read (dangling symlink, permission...)
+    fs: str | None = None  # the path to open, where it differs from `path` (a name that is not valid UTF-8)
+
+    @property
+    def fspath(self) -> str:
+        """The path to open the file with."""
+        return self.path if self.fs is None else self.fs
+
+
+def store_path(path: str) -> str:
+    """How a path is stored and shown: the path itself, unless it holds bytes that are not valid UTF-8.
+
+    Python hands such names over with lone surrogates, which SQLite (and a UTF-8 terminal) cannot take;
+    they are written as ``ls -b`` does: each such byte as ``\\xNN``, each backslash doubled.
+    ``fs_path`` turns the result back into the name on disk.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # surrogates that did not come from the file system's bytes
+        raw = path.encode("utf-8", "surrogatepass")
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def fs_path(stored: str) -> str:
+    """The path on disk of a stored path (the inverse of ``store_path``)."""
+    if "\\" not in stored or os.path.lexists(stored):
+        return stored
+    out, pos = bytearray(), 0
+    for m in _ESCAPE.finditer(stored):
+        out += stored[pos:m.start()].encode("utf-8")
+        tok = m.group(1)
+        out += b"\\" if tok == "\\" else bytes([int(tok[1:], 16)])
+        pos = m.end()
+    out += stored[pos:].encode("utf-8")
+    return os.fsdecode(bytes(out))
 
 
 def _entry(path: str) -> Entry | None:
+    shown = store_path(path)
+    fs = None if shown == path else path
     try:
         st = os.stat(path)
     except OSError as e:
@@ -23,10 +68,10 @@ def _entry(path: str) -> Entry | None:
             reason = "symlink loop" if getattr(e, "errno", None) == 40 else "dangling symlink (its target does not exist)"
         else:
             reason = f"cannot stat file ({e.strerror or e})"
-        return Entry(path, error=reason)
+        return Entry(shown, error=reason, fs=fs)
     if not stat_mod.S_ISREG(st.st_mode):
         return None  # sockets, fifos, devices: never media
-    return Entry(path, st.st_size, st.st_mtime_ns)
+    return Entry(shown, st.st_size, st.st_mtime_ns, fs=fs)
 
 
 def walk(root: str) -> Iterator[Entry]:

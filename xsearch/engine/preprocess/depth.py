@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from xsearch.engine.preprocess.image import IMAGE_SIZE, MAX_PIXELS, center_crop, open_image, resize_short_side
+from xsearch.engine.preprocess.image import IMAGE_SIZE, MAX_PIXELS, open_image, resize_center_crop
 from xsearch.errors import MediaError, UsageError
 
 # Camera defaults: the Kinect-like stereo model used to turn SUN RGB-D depth into disparity.
@@ -114,7 +114,7 @@ def depth_to_disparity(
 def resize_crop_map(arr: np.ndarray, resample: int) -> torch.Tensor:
     """A 2-D float map -> (1, 224, 224) float32: short side 224 with PIL mode "F", then centre crop."""
     img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32))
-    img = center_crop(resize_short_side(img, IMAGE_SIZE, resample), IMAGE_SIZE)
+    img = resize_center_crop(img, IMAGE_SIZE, resample)
     return torch.from_numpy(np.array(img, dtype=np.float32))[None]
 
 

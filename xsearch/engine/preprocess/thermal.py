@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from xsearch.engine.preprocess.depth import resize_crop_map
-from xsearch.engine.preprocess.image import IMAGE_SIZE, center_crop, open_image, resize_short_side
+from xsearch.engine.preprocess.image import IMAGE_SIZE, open_image, resize_center_crop
 from xsearch.errors import MediaError
 
 EIGHT_BIT_MAX = 255.0
@@ -38,7 +38,7 @@ def load_thermal(path: str | os.PathLike) -> torch.Tensor:
         return resize_crop_map(min_max_scale(np.asarray(img)), Image.BICUBIC).clamp_(0.0, 1.0)
     if img.mode != "L":
         img = _to_luminance(path, img)
-    img = center_crop(resize_short_side(img, IMAGE_SIZE, Image.BICUBIC), IMAGE_SIZE)
+    img = resize_center_crop(img, IMAGE_SIZE, Image.BICUBIC)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / EIGHT_BIT_MAX)[None]
 
 
