@@ -505,26 +505,25 @@ class _CachedFetch:
         return np.array(found, dtype=np.int64), np.stack([self.rows[i] for i in found])
 
 
-def _rerank(queries: np.ndarray, labels: np.ndarray, k: int, fetch: Fetch, block: int = 8) -> Results:
-    """Exact cosine for each query's candidates, from the stored vectors: one read per block of queries
-    (bounded memory for big batches; candidates shared by queries of a block are read once)."""
+def _rerank(queries: np.ndarray, labels: np.ndarray, k: int, fetch: Fetch, block: int = 16) -> Results:
+    """Exact cosine for each query's candidates, from the stored vectors: one read and one matrix product
+    per block of queries (bounded memory for big batches; shared candidates are read once)."""
     results: Results = []
     for start in range(0, len(queries), block):
         q_block, l_block = queries[start: start + block], labels[start: start + block]
         wanted = np.unique(l_block[l_block >= 0])
         found_ids, vecs = fetch(wanted) if len(wanted) else (np.zeros(0, np.int64), None)
+        if not len(found_ids):
+            results += [[] for _ in range(len(q_block))]
+            continue
+        scores = vecs @ q_block.T  # (found, queries in block)
         order = np.argsort(found_ids, kind="stable")
         sorted_ids = found_ids[order]
-        for q, row in zip(q_block, l_block):
+        for j, row in enumerate(l_block):
             cand = row[row >= 0]
-            pos = np.searchsorted(sorted_ids, cand)
-            ok = pos < len(sorted_ids)
-            ok[ok] = sorted_ids[pos[ok]] == cand[ok]  # a candidate removed since the index search is dropped
-            cand = cand[ok]
-            if not len(cand):
-                results.append([])
-                continue
-            results.append(_top_k(cand, vecs[order[pos[ok]]] @ q, k))
+            pos = np.minimum(np.searchsorted(sorted_ids, cand), len(sorted_ids) - 1)
+            ok = sorted_ids[pos] == cand  # a candidate removed since the index search is dropped
+            results.append(_top_k(cand[ok], scores[order[pos[ok]], j], k) if ok.any() else [])
     return results
 
 

@@ -392,6 +392,24 @@ class Storage:
             }
         return out
 
+    def stale_index_files(self) -> list[str]:
+        """Modalities whose index file does not reflect the database: missing, or saved at another database
+        write (a run killed before its final save leaves them so). Reads only the sidecars, not the indexes."""
+        with self._connect() as conn:
+            gens = {m: _gen(conn, m) for m in self._modalities(conn)}
+        stale = []
+        for m in sorted(set(gens) | self._index_files()):
+            try:
+                info = json.loads((self.index_dir / f"{m}.json").read_text())
+                size = (self.index_dir / f"{m}.faiss").stat().st_size
+            except (OSError, ValueError):
+                stale.append(m)
+                continue
+            if not isinstance(info, dict) or info.get("file_bytes") != size or info.get("db_gen") != gens.get(m, 0) \
+                    or (m not in gens and info.get("ntotal")):
+                stale.append(m)
+        return stale
+
     def rebuild_indexes(self, modality: str | None = None) -> None:
         """Rebuild indexes from the stored vectors (and persist them unless read-only)."""
         self._check_open()
