@@ -331,7 +331,7 @@ def part_rerun(args, tmp: Path) -> dict[str, Any]:
 def agreement_images(args, tmp: Path) -> list[Path]:
     sizes = [(1024, 768), (768, 1024), (2048, 1536), (1001, 453), (2400, 460)]
     if not args.quick:
-        sizes += [(4032, 3024), (1600, 1200), (3000, 2000)]
+        sizes += [(4032, 3024)]
 
     def build(d: Path) -> dict[str, Any]:
         for i, s in enumerate(sizes):

@@ -54,7 +54,7 @@ model.load_state_dict(torch.load(os.path.join(model_dir, "checkpoint.pth"), map_
 model.eval()
 from xsearch.api import Store
 from xsearch.engine.embedder import Embedder
-store = Store(store_path, model=model_dir, create=False)
+store = Store(store_path, model=model_dir, create=False, read_only=True)  # as `xsearch query` opens it
 store._embedder = Embedder(model, device="cpu", dtype="float32", model_id=store.model_id)
 hits = store.search(text=text, k=k)
 sys.stdout.write(json.dumps({"results": [h.to_dict() for h in hits]}, default=str) + "\n")

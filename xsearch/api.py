@@ -122,7 +122,13 @@ class Store:
             indexer = Indexer(
                 self.storage, lambda: self.embedder, model_id, batch_size=batch_size, workers=workers, progress=progress
             )
-            return indexer.run([os.fspath(p) for p in paths], modality)
+            report = indexer.run([os.fspath(p) for p in paths], modality)
+            if not report.interrupted:
+                # A run killed before its final save (crash, SIGKILL, power cut) left index files behind the
+                # database, for modalities this run may not have touched: bring each one up to date now.
+                for m in self.storage.stale_index_files():
+                    self.storage.rebuild_indexes(m)
+            return report
 
     def _writing(self, *, wait: bool = False, on_wait: Callable[[str], None] | None = None, what: str = "xsearch index",
                  hint: str = "wait for it or pass --wait"):
@@ -220,7 +226,7 @@ class Store:
     def doctor(self, repair: bool = False) -> dict[str, Any]:
         """Check the store: database integrity, store vs index agreement, half-written
         index files, files that vanished from disk. ``repair`` rebuilds the derived indexes."""
-        problems = [{"kind": "store", "detail": p} for p in self.storage.check()]
+        problems = self._store_problems()
         vanished = [it.path for it in self.storage.items(status="ok") if it.root is not None and not os.path.exists(fs_path(it.path))]
         problems += [{"kind": "vanished", "detail": f"{p}: no longer on disk; `xsearch index` drops it"} for p in vanished]
         repaired = False
@@ -228,8 +234,20 @@ class Store:
             with self._writing(hint="try `xsearch doctor --repair` again when it has finished"):
                 self.storage.rebuild_indexes()
             repaired = True
-            problems = [{"kind": "store", "detail": p} for p in self.storage.check()] + [p for p in problems if p["kind"] != "store"]
+            problems = self._store_problems() + [p for p in problems if p["kind"] == "vanished"]
         return {"ok": not problems, "problems": problems, "repaired": repaired}
+
+    def _store_problems(self) -> list[dict[str, str]]:
+        """storage.check()'s findings; a damaged database (which no index rebuild fixes) says what to do."""
+        out = []
+        for p in self.storage.check():
+            if p.startswith("sqlite integrity_check"):
+                out.append({"kind": "database", "detail": (
+                    f"{p}; the database file is damaged: restore {self.path / 'xsearch.db'} from a backup, "
+                    "or move the store aside and run `xsearch index` again")})
+            else:
+                out.append({"kind": "store", "detail": p})
+        return out
 
     def close(self) -> None:
         self.storage.close()

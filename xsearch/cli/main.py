@@ -133,7 +133,8 @@ def query(
             glob=glob, min_score=min_score, exclude=tuple(like or ()),
         )
         spec.validate()
-        with _open(store, model, device=device, create=False) as s:
+        # Readers never write to the store (a concurrent index run owns it); see xsearch.storage.lock.
+        with _open(store, model, device=device, create=False, read_only=True) as s:
             hits = s.query(spec)
     if as_json:
         _emit_json({"query": spec.describe(), "results": [h.to_dict() for h in hits]})
@@ -157,7 +158,7 @@ def status(
 ) -> None:
     """Counts per modality, indexes, model, store size, failed files."""
     with _errors():
-        with _open(store, create=False) as s:
+        with _open(store, create=False, read_only=True) as s:
             st = s.status()
     if as_json:
         _emit_json(st)
@@ -189,7 +190,7 @@ def doctor(
 ) -> None:
     """Check the store (database integrity, index vs database, vanished files); exit 1 if problems remain."""
     with _errors():
-        with _open(store, create=False) as s:
+        with _open(store, create=False, read_only=not repair) as s:
             report = s.doctor(repair=repair)
     if as_json:
         _emit_json(report)
@@ -198,7 +199,8 @@ def doctor(
             out.print(f"[{p['kind']}] {p['detail']}", highlight=False, markup=False)
         if report["repaired"]:
             out.print("indexes rebuilt from the database")
-        out.print("ok" if report["ok"] else f"{len(report['problems'])} problem(s)" + ("" if repair else "; --repair rebuilds the indexes"))
+        fixable = not repair and any(p["kind"] == "store" for p in report["problems"])
+        out.print("ok" if report["ok"] else f"{len(report['problems'])} problem(s)" + ("; --repair rebuilds the indexes" if fixable else ""))
     raise typer.Exit(0 if report["ok"] else 1)
 
 
