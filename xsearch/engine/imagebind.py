@@ -269,12 +269,18 @@ class TextPreprocessor(nn.Module):
     def __init__(self, cfg: ImageBindConfig):
         super().__init__()
         dim, ctx = cfg.text_embed_dim, cfg.text_context_length
-        self.token_embedding = nn.Embedding(cfg.text_vocab_size, dim)
+        # No random init here, and no triu_ on the meta device: both run torch's reference
+        # kernels there, whose first use imports torch._dynamo (about 1 s of a text query).
+        self.token_embedding = nn.Embedding(cfg.text_vocab_size, dim, _weight=torch.empty(cfg.text_vocab_size, dim))
         self.pos_embed = nn.Parameter(torch.empty(1, ctx, dim))
-        self.register_buffer("mask", torch.full((ctx, ctx), float("-inf")).triu_(1))
+        self.register_buffer("mask", torch.empty(ctx, ctx))
+        if not self.mask.is_meta:
+            self.mask.fill_(float("-inf")).triu_(1)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.token_embedding(tokens) + self.pos_embed.to(self.token_embedding.weight.dtype)
+        """Token ids (B, L), L <= the context length -> (B, L, dim)."""
+        pos = self.pos_embed[:, : tokens.shape[1]]
+        return self.token_embedding(tokens) + pos.to(self.token_embedding.weight.dtype)
 
 
 class SelectElement(nn.Module):
@@ -412,8 +418,12 @@ class ImageBindModel(nn.Module):
             x = x.reshape(B * S, *x.shape[2:])
         if m == "text":
             pre = self.modality_preprocessors["text"]
-            tokens = self.modality_trunks["text"](pre(x), pre.mask)
-            out = self.modality_heads["text"](tokens, x.argmax(dim=-1))
+            eos = x.argmax(dim=-1)
+            # Causal attention: the outputs read at the end-of-text tokens depend on no later
+            # position, so only the first max(eos) + 1 positions are computed (a query: ~10 of 77).
+            n = int(eos.max()) + 1 if x.shape[0] else x.shape[1]
+            tokens = self.modality_trunks["text"](pre(x[:, :n]), pre.mask[:n, :n])
+            out = self.modality_heads["text"](tokens, eos)
         else:
             tokens = self.modality_trunks[m](self.modality_preprocessors[m](x))
             out = self.modality_heads[m](tokens)

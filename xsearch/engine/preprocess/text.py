@@ -37,6 +37,27 @@ _tokenizer: Any = None
 _tokenizer_lock = threading.Lock()
 
 
+def _open_clip_tokenizer_module() -> Any:
+    """``open_clip/tokenizer.py`` alone. ``import open_clip.tokenizer`` would first run the
+    package's ``__init__`` (its models, timm, torchvision): ~1.5 s and ~170 MB for a module
+    that needs only ftfy, regex, numpy, torch and its vocabulary file."""
+    import importlib.util
+    import sys
+
+    name = "xsearch._open_clip_tokenizer"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.find_spec("open_clip")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError("open_clip is not installed (pip install open_clip_torch)")
+        path = os.path.join(list(spec.submodule_search_locations)[0], "tokenizer.py")
+        file_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(file_spec)
+        file_spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return module
+
+
 def _get_tokenizer() -> Any:
     """Build the tokenizer once (the vocabulary file ships inside open_clip; no network)."""
     global _tokenizer
@@ -44,8 +65,8 @@ def _get_tokenizer() -> Any:
         with _tokenizer_lock:
             if _tokenizer is None:
                 import regex
-                from open_clip.tokenizer import SimpleTokenizer  # heavy import: only when text is needed
 
+                SimpleTokenizer = _open_clip_tokenizer_module().SimpleTokenizer
                 tok = SimpleTokenizer(context_length=CONTEXT_LENGTH, clean="lower")
                 tok.pat = regex.compile(_CLIP_PATTERN, regex.IGNORECASE)
                 tok.cache = dict(_SPECIAL_CACHE)
