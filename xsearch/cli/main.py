@@ -24,7 +24,7 @@ app = typer.Typer(
     help="Cross-modal search over photos, video, sound, depth, thermal, IMU and text (ImageBind).",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console()
+out = Console(soft_wrap=True)  # long paths stay on one line (greppable)
 err = Console(stderr=True)
 
 StoreOpt = typer.Option(None, "--store", help="Store folder (default: $XSEARCH_STORE, else $XSEARCH_HOME/store).", envvar="XSEARCH_STORE")
