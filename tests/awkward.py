@@ -284,7 +284,7 @@ def build_awkward(root: Path) -> dict[str, dict[str | bytes, Expect]]:
 
 def display_path(path: str | bytes) -> str:
     """How xsearch shows (and stores) a path: names that are not valid UTF-8 have their bytes escaped."""
-    from xsearch.indexer.walk import store_path
+    from xsearch.pathnames import store_path
 
     return store_path(os.fsdecode(path))
 

@@ -18,7 +18,7 @@ import numpy as np
 from xsearch.errors import UsageError
 from xsearch.indexer import Indexer, IndexReport
 from xsearch.indexer.progress import Progress
-from xsearch.indexer.walk import fs_path, store_path
+from xsearch.pathnames import fs_path, stored_abspath
 from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
 from xsearch.query.spec import INPUT_MODALITIES
 from xsearch.storage import Storage
@@ -157,7 +157,7 @@ class Store:
         with self._writing(hint="try again when it has finished"):
             ids: list[int] = []
             for p in paths:
-                p = store_path(os.path.abspath(os.fsdecode(p)))
+                p = stored_abspath(p)
                 item = self.storage.item_by_path(p)
                 if item is not None:
                     ids.append(item.id)

@@ -35,7 +35,8 @@ from xsearch.indexer.detect import check_override, detect_modality
 from xsearch.indexer.facts import media_facts
 from xsearch.indexer.hashing import content_hash
 from xsearch.indexer.progress import NoProgress, Progress
-from xsearch.indexer.walk import Entry, fs_path, store_path, walk
+from xsearch.indexer.walk import Entry, walk
+from xsearch.pathnames import fs_path, store_path
 from xsearch.storage import Item, ItemRecord, Storage
 
 

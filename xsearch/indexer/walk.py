@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import re
 import stat as stat_mod
 from dataclasses import dataclass
 from typing import Iterator
+
+from xsearch.pathnames import store_path
 
 
 @dataclass(frozen=True)
@@ -20,42 +21,6 @@ class Entry:
     def fspath(self) -> str:
         """The path to open the file with."""
         return self.path if self.fs is None else self.fs
-
-
-def store_path(path: str) -> str:
-    """How a path is stored and shown: the path itself, unless it holds bytes that are not valid UTF-8.
-
-    Python hands such names over with lone surrogates, which SQLite (and a UTF-8 terminal) cannot take;
-    they are written as ``ls -b`` does: each such byte as ``\\xNN``, each backslash doubled.
-    ``fs_path`` turns the result back into the name on disk.
-    """
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        pass
-    try:
-        raw = os.fsencode(path)
-    except UnicodeEncodeError:  # surrogates that did not come from the file system's bytes
-        raw = path.encode("utf-8", "surrogatepass")
-    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
-
-
-_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
-
-
-def fs_path(stored: str) -> str:
-    """The path on disk of a stored path (the inverse of ``store_path``)."""
-    if "\\" not in stored or os.path.lexists(stored):
-        return stored
-    out, pos = bytearray(), 0
-    for m in _ESCAPE.finditer(stored):
-        out += stored[pos:m.start()].encode("utf-8")
-        tok = m.group(1)
-        out += b"\\" if tok == "\\" else bytes([int(tok[1:], 16)])
-        pos = m.end()
-    out += stored[pos:].encode("utf-8")
-    return os.fsdecode(bytes(out))
 
 
 def _entry(path: str) -> Entry | None:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 from xsearch.errors import UsageError
-from xsearch.indexer.walk import store_path  # how paths that are not valid UTF-8 are stored
+from xsearch.pathnames import stored_abspath
 from xsearch.query.spec import QueryInput, QuerySpec
 from xsearch.storage import Storage
 
@@ -51,7 +51,7 @@ def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Call
         if inp.kind == "vector":
             out[i] = _unit(inp.value)
         elif inp.kind == "like":
-            item = storage.item_by_path(store_path(os.path.abspath(os.fsdecode(inp.value))))
+            item = storage.item_by_path(stored_abspath(inp.value))
             if item is None or item.status != "ok":
                 raise UsageError(f"{inp.value}: --like needs a file that is indexed in this store (run `xsearch index` first)")
             out[i] = _unit(storage.get_vectors([item.id])[0])
@@ -85,8 +85,8 @@ def search_vector(q: np.ndarray, spec: QuerySpec, storage: Storage) -> list[Hit]
     """Top-k over the target modalities for one composed unit vector, filters applied."""
     counts = storage.counts()
     targets = [m for m in (spec.targets or counts) if counts.get(m)]
-    exclude = {store_path(os.path.abspath(os.fsdecode(p))) for p in spec.exclude}
-    folder = os.path.join(os.path.abspath(spec.folder), "") if spec.folder else None
+    exclude = {stored_abspath(p) for p in spec.exclude}
+    folder = os.path.join(stored_abspath(spec.folder), "") if spec.folder else None
     # Excluded items and the score floor can remove candidates: ask for a few more.
     want = spec.k + len(exclude)
     found: list[tuple[float, int, str]] = []
