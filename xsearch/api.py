@@ -198,7 +198,6 @@ class Store:
         inputs = [i for kind in _INPUT_KINDS for i in as_inputs(kind, given[kind])]
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=folder, glob=glob, min_score=min_score,
-            exclude=tuple(i.value for i in inputs if i.kind == "like"),
         )
         return self.query(spec)
 

@@ -130,7 +130,7 @@ def query(
         inputs = [i for kind, vals in given.items() for i in as_inputs(kind, vals or None)]
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=os.fspath(folder) if folder else None,
-            glob=glob, min_score=min_score, exclude=tuple(like or ()),
+            glob=glob, min_score=min_score,
         )
         spec.validate()
         # Readers never write to the store (a concurrent index run owns it); see xsearch.storage.lock.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -91,7 +91,11 @@ class QuerySpec:
     folder: str | None = None  # only results under this folder
     glob: str | None = None  # only results whose path matches this glob
     min_score: float | None = None
-    exclude: Sequence[str] = field(default_factory=tuple)  # paths never returned (the --like items)
+
+    @property
+    def exclude(self) -> tuple[str, ...]:
+        """Paths never returned: the ``like`` inputs themselves ("more like this", not "this")."""
+        return tuple(i.value for i in self.inputs if i.kind == "like")
 
     def validate(self) -> None:
         if not self.inputs:
