@@ -67,11 +67,11 @@ def make_inputs(m: str, n: int, cfg: ImageBindConfig, seed: int = 0) -> torch.Te
     return tokens
 
 
-def build_tower(m: str) -> ImageBindModel:
-    """The huge tower with random weights, allocated once (meta build, then init)."""
+def build_tower(m: str, device: str = "cpu") -> ImageBindModel:
+    """The huge tower with random weights, allocated once on ``device`` (meta build, then init)."""
     with torch.device("meta"):
         model = ImageBindModel(ImageBindConfig.huge(), modalities=(m,))
-    model = model.to_empty(device="cpu")
+    model = model.to_empty(device=device)
     model.init_weights(seed=0)
     return model
 
@@ -103,10 +103,16 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
 def measure(
     emb: Embedder, m: str, inputs: torch.Tensor, batches: list[int], repeats: int, label: str | None = None
 ) -> tuple[dict, dict, np.ndarray]:
-    """items/s (wall) and items per CPU-second per batch size, after a batch-1 warm-up; the largest batch's outputs."""
+    """items/s (wall) and items per CPU-second per batch size, after a batch-1 warm-up; the largest batch's outputs.
+
+    On a GPU each batch size gets its own warm-up call (cuBLAS/cuDNN pick kernels per shape), and the
+    timed call includes the host-to-device copy of the inputs and the copy of the vectors back.
+    """
     emb.embed_tensors(m, inputs[:1])  # warm-up: oneDNN primitives, first-touch allocations
     rates, cpu_rates = {}, {}
     for b in batches:
+        if emb.device.type == "cuda":
+            emb.embed_tensors(m, inputs[:b])
         wall, cpu = time_calls(lambda: emb.embed_tensors(m, inputs[:b]), repeats)
         rates[f"b{b}"] = round(b / wall, 3)
         cpu_rates[f"b{b}"] = round(b / cpu, 3)
@@ -143,25 +149,28 @@ def bench_int8(model: ImageBindModel, m: str, inputs: torch.Tensor, batches: lis
         return {"error": f"{type(e).__name__}: {e}", "where": traceback.format_exc(limit=3).splitlines()[-3:]}
 
 
-def bench_modality(m: str, batches: list[int], repeats: int, auto: torch.dtype, int8: bool) -> dict:
+def bench_modality(m: str, batches: list[int], repeats: int, auto: torch.dtype, int8: bool,
+                   device: str = "cpu") -> dict:
     cfg = ImageBindConfig.huge()
     load_before = loadavg()
     inputs = make_inputs(m, max(batches), cfg)
     t0 = time.perf_counter()
-    model = build_tower(m)
+    model = build_tower(m, device)
     params = sum(p.numel() for p in model.parameters())
     log(f"{m}: {params / 1e6:.0f}M parameters, built in {time.perf_counter() - t0:.1f} s")
-    fp32_rates, fp32_cpu, ref = measure(Embedder(model, device="cpu", dtype="float32", model_id="bench"), m, inputs, batches, repeats)
+    fp32 = Embedder(model, device=device, dtype="float32", model_id="bench")
+    fp32_rates, fp32_cpu, ref = measure(fp32, m, inputs, batches, repeats)
     result: dict[str, Any] = {
         "params_M": round(params / 1e6, 1),
         "float32": {"items_per_s": fp32_rates, "items_per_cpu_s": fp32_cpu},
     }
     if int8:
         result["int8_dynamic"] = bench_int8(model, m, inputs, [max(batches)], repeats, ref)
-    del model
-    gc.collect()
-    model = build_tower(m)  # same seed: the same weights, now cast to the auto dtype in place
-    emb = Embedder(model, device="cpu", dtype=auto, model_id="bench")
+    if int8:  # quantisation consumed the float32 tower: build it again (same seed, same weights)
+        del model
+        gc.collect()
+        model = build_tower(m, device)
+    emb = Embedder(model, device=device, dtype=auto, model_id="bench")  # casts the tower in place
     rates, cpu_rates, out = measure(emb, m, inputs, batches, repeats)
     name = str(auto).replace("torch.", "")
     result[name] = {"items_per_s": rates, "items_per_cpu_s": cpu_rates, "cos_vs_fp32": agreement(ref, out)}
@@ -177,14 +186,31 @@ def bench_modality(m: str, batches: list[int], repeats: int, auto: torch.dtype, 
             "cpu_time": round(q["items_per_cpu_s"][big] / fp32_cpu[small], 2),
         }
     result["loadavg_1min_before_after"] = [load_before, loadavg()]
-    del emb, model
+    del emb, fp32, model
     gc.collect()
+    if device == "cuda":
+        result["cuda_peak_memory_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.empty_cache()
     return result
 
 
-def environment() -> dict[str, Any]:
+def environment(device: str = "cpu") -> dict[str, Any]:
     mkldnn_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    gpu = {}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        gpu = {
+            "gpu": props.name,
+            "gpu_memory_GiB": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+            # SDPA picks flash attention for unmasked bf16/fp16 attention when these are on
+            "sdpa_flash": torch.backends.cuda.flash_sdp_enabled(),
+            "sdpa_mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        }
     return {
+        **gpu,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -205,6 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-int8", action="store_true", help="skip the int8 dynamic quantisation run")
     p.add_argument("--dtype", default="auto", help="the dtype compared with float32 (default: Embedder's auto)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: Embedder's choice)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the towers run (cuda: no int8 run; try --batches 1,32,256)")
     return p.parse_args(argv)
 
 
@@ -218,10 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown modalities {unknown}; choose from {', '.join(IMAGEBIND_MODALITIES)}")
     batches = sorted({int(b) for b in args.batches.split(",")})
     repeats = 1 if args.quick else max(1, args.repeats)
-    auto = resolve_dtype(args.dtype, torch.device("cpu"))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch build sees no CUDA GPU")
+    auto = resolve_dtype(args.dtype, torch.device(args.device))
+    int8 = not args.no_int8 and args.device == "cpu"  # dynamic quantisation is a CPU backend
     report: dict[str, Any] = {
         "model": "imagebind_huge architecture, random weights (seed 0)",
-        "environment": environment(),
+        "device": args.device,
+        "environment": environment(args.device),
         "dtype_auto": str(auto).replace("torch.", ""),
         "batches": batches,
         "repeats": repeats,
@@ -229,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     t0 = time.perf_counter()
     for m in dict.fromkeys(mods):
-        report["modalities"][m] = bench_modality(m, batches, repeats, auto, not args.no_int8)
+        report["modalities"][m] = bench_modality(m, batches, repeats, auto, int8, args.device)
     if "vision" in report["modalities"]:
         v = report["modalities"]["vision"]
         report["modalities"]["video (derived: 15 vision clips per item)"] = {

@@ -158,6 +158,14 @@ def test_read_only_store(tmp_path, tiny_model):
             (store / "probe").write_bytes(b"x")
         proc = run_cli("index", first, more, *common)
         _clear_error(proc, store, "read-only", "make it writable")
+        # Searching needs no writes: it works on read-only media (the database opened as immutable).
+        found = run_cli("query", "--image", first / "p0003.png", "--store", store, "--model", tiny_model,
+                        "--json", "-k", "3")
+        assert found.returncode == 0, found.stderr
+        hits = json.loads(found.stdout)["results"]
+        assert len(hits) == 3 and hits[0]["path"].endswith("p0003.png")
+        st = run_cli("status", "--store", store, "--json")
+        assert st.returncode == 0 and json.loads(st.stdout)["counts"] == {"image": 10}, st.stderr
     assert how
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == snapshot  # untouched
     _doctor_ok(store)

@@ -147,6 +147,14 @@ def test_float16_roundtrip_keeps_cosine(tmp_path):
         assert raw == (2048,)  # 2 bytes per value, no pickle or other framing
 
 
+def test_float16_decoding_is_bit_identical_to_numpy_for_every_finite_value():
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = every[np.isfinite(every)]  # zeros of both signs and subnormals included
+    ours = vec._f16_to_f32(finite)
+    assert ours.dtype == np.float32
+    assert np.array_equal(ours.view(np.uint32), finite.astype(np.float32).view(np.uint32))
+
+
 def test_dim_mismatch_is_a_clear_store_error(tmp_path):
     with Storage(tmp_path) as s:
         s.set_meta("model", "imagebind_huge")

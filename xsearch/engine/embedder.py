@@ -36,6 +36,7 @@ __all__ = [
     "canonical_modality",
     "configure_threads",
     "cpu_has_fast_bf16",
+    "resolve_chunk",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -65,8 +66,10 @@ _DTYPE_NAMES = {
     "half": torch.float16,
 }
 
-# Clips per forward pass: bounds activation memory (a batch of 8 videos is 120 vision clips).
+# Clips per forward pass: bounds activation memory (a batch of 8 videos is 120 vision clips). A GPU
+# needs far larger batches to fill its units; ViT-H activations for 256 clips in bf16 are < 2 GB.
 DEFAULT_CHUNK = 32
+GPU_CHUNK = 256
 
 
 # ---------------------------------------------------------------- device, dtype, threads
@@ -91,6 +94,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
     return dev
+
+
+def resolve_chunk(chunk_size: int | None, device: torch.device) -> int:
+    """Clips per forward pass: the given size, else DEFAULT_CHUNK on the CPU and GPU_CHUNK on a GPU."""
+    if chunk_size is None:
+        return GPU_CHUNK if device.type == "cuda" else DEFAULT_CHUNK
+    if chunk_size < 1:
+        raise UsageError(f"chunk_size must be >= 1, not {chunk_size}")
+    return int(chunk_size)
 
 
 @functools.lru_cache(maxsize=None)
@@ -340,16 +352,14 @@ class Embedder(BatchEmbedder):
         modalities: Iterable[str] | None = None,
         *,
         num_threads: int | None = None,
-        chunk_size: int = DEFAULT_CHUNK,
+        chunk_size: int | None = None,
         model_id: str | None = None,
     ):
         self._device = resolve_device(device)
         self._dtype = resolve_dtype(dtype, self._device)
         if self._device.type == "cpu" or num_threads is not None:
             configure_threads(num_threads)
-        if chunk_size < 1:
-            raise UsageError(f"chunk_size must be >= 1, not {chunk_size}")
-        self.chunk_size = chunk_size
+        self.chunk_size = resolve_chunk(chunk_size, self._device)
         self._modalities = None if modalities is None else _served(modalities)
         self._lock = threading.Lock()
         self._models: dict[str, ImageBindModel] = {}  # tower -> the model object holding it

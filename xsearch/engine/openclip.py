@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xsearch.engine.embedder import (
-    DEFAULT_CHUNK,
     BatchEmbedder,
     _average_clips,
     _flatten_clips,
     _import_loader,
     canonical_modality,
     configure_threads,
+    resolve_chunk,
     resolve_device,
     resolve_dtype,
 )
@@ -124,15 +124,13 @@ class OpenCLIPEmbedder(BatchEmbedder):
         dtype: str | torch.dtype = "auto",
         *,
         num_threads: int | None = None,
-        chunk_size: int = DEFAULT_CHUNK,
+        chunk_size: int | None = None,
     ):
         self._device = resolve_device(device)
         self._dtype = resolve_dtype(dtype, self._device)
         if self._device.type == "cpu" or num_threads is not None:
             configure_threads(num_threads)
-        if chunk_size < 1:
-            raise UsageError(f"chunk_size must be >= 1, not {chunk_size}")
-        self.chunk_size = chunk_size
+        self.chunk_size = resolve_chunk(chunk_size, self._device)
         self.arch = _register_arch(arch)
         cfg = _check_offline(self.arch)
         self.weights_path = _check_weights(self.arch, pretrained)

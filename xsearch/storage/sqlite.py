@@ -6,6 +6,7 @@ under WAL (a power cut can lose the last commits, never corrupt the file) and mu
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -25,11 +26,29 @@ def is_sqlite(engine_or_url: sa.Engine | sa.URL | str) -> bool:
 
 
 def file_url(path: Path, *, read_only: bool) -> str:
-    """A URL for the SQLite file; read-only opens go through SQLite's own mode=ro so writes fail there too."""
+    """A URL for the SQLite file; read-only opens go through SQLite's own mode=ro so writes fail there too.
+
+    On read-only media (a read-only mount, an immutable folder) a WAL database cannot even be read the
+    usual way: SQLite needs to create its -shm file beside it. Nothing can change such a file, so it is
+    opened as immutable (no locks, no -shm), provided no write-ahead log holds commits the main file
+    lacks (Storage.close checkpoints it into the file); with one, the usual open fails with a clear error.
+    """
     posix = Path(os.path.abspath(path)).as_posix()
     if read_only:
+        if _on_read_only_media(Path(posix)):
+            return f"sqlite:///file:{posix}?immutable=1&uri=true"
         return f"sqlite:///file:{posix}?mode=ro&uri=true"
     return f"sqlite:///{posix}"
+
+
+def _on_read_only_media(path: Path) -> bool:
+    if os.access(path.parent, os.W_OK):
+        return False
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return wal.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 def create_engine(url: str, *, read_only: bool) -> sa.Engine:
@@ -61,6 +80,17 @@ def _install_pragmas(engine: sa.Engine, *, read_only: bool) -> None:
         # on a read->write upgrade, which SQLite answers with SQLITE_BUSY at once.
         write = conn.get_execution_options().get("xsearch_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write and not read_only else "BEGIN")
+
+
+# One statement for any number of ids: a JSON array bound as ONE parameter. Against `IN (?, ?, ...)`
+# this skips SQLAlchemy's per-call expansion of the list and the 999-variable chunking, and SQLite
+# caches the prepared statement (a 600-candidate re-rank read: ~0.5 ms instead of ~2 ms).
+_VECTORS_BY_IDS = "SELECT item_id, data FROM vectors WHERE item_id IN (SELECT value FROM json_each(?))"
+
+
+def vectors_by_ids(conn: sa.Connection, ids: list[int]) -> list[tuple[int, bytes]]:
+    """(item_id, data) rows of the vectors table for these ids, in the database's order."""
+    return conn.exec_driver_sql(_VECTORS_BY_IDS, (json.dumps(ids),)).all()
 
 
 def integrity_problems(conn: sa.Connection) -> list[str]:

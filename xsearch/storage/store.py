@@ -677,14 +677,15 @@ def _fetch(conn: sa.Connection, ids: np.ndarray, fmt: tuple[int, str], *,
             query = sa.select(T_items.c.id, T_items.c.modality).where(T_items.c.id.in_(chunk))
             keep += [i for i, m in conn.execute(query).all() if m == modality]
         wanted = keep
-    found: list[int] = []
-    blobs: list[bytes] = []
-    for chunk in _chunks(wanted, _IN_CHUNK):
-        query = sa.select(T_vectors.c.item_id, T_vectors.c.data).where(T_vectors.c.item_id.in_(chunk))
-        rows = conn.execute(query).all()
-        found += [r[0] for r in rows]
-        blobs += [r[1] for r in rows]
-    return np.array(found, dtype=np.int64), vec.decode(blobs, fmt[1], fmt[0])
+    if conn.dialect.name == "sqlite":
+        rows = sqlite.vectors_by_ids(conn, wanted) if wanted else []
+    else:
+        rows = []
+        for chunk in _chunks(wanted, _IN_CHUNK):
+            query = sa.select(T_vectors.c.item_id, T_vectors.c.data).where(T_vectors.c.item_id.in_(chunk))
+            rows += conn.execute(query).all()
+    found = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    return found, vec.decode([r[1] for r in rows], fmt[1], fmt[0])
 
 
 def _modality_ids(conn: sa.Connection, modality: str) -> np.ndarray:

