@@ -6,11 +6,13 @@ Real processes, real SQLite and FAISS files, the tiny fixture model; the kill sc
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -192,7 +194,7 @@ def test_sigkill_at_random_moments_then_resume_equals_a_clean_build(tmp_path, ti
     with Storage(killed, read_only=True) as s:
         assert s.check() == []
     leftovers = [p.name for p in (killed / "index").iterdir() if p.suffix not in (".faiss", ".json")]
-    assert all(name.endswith(".tmp") for name in leftovers)  # at most a temp file of a save that was killed
+    assert leftovers == []  # temp files of saves that were killed are deleted by the next save
 
     # Queries give what the clean build gives.
     texts = ["a dog in the rain", "city at night", "bread and music", "note 7"]
@@ -259,6 +261,21 @@ def test_doctor_half_written_index_file_and_repair(small_store):
     with xsearch.open(store, create=False) as s:
         img = small_store["images"][3]
         assert s.search(image=str(img), target="image", k=1)[0].path == str(img)
+
+
+def test_doctor_finds_and_repair_deletes_temp_files_of_a_killed_save(small_store):
+    store = small_store["store"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs, as a save killed mid-write leaves in its temp file's name
+    tmp = store / "index" / f".image.faiss.{dead.pid}.140000.tmp"
+    tmp.write_bytes(b"half of an index")
+    live = store / "index" / f".image.faiss.{os.getpid()}.140001.tmp"  # a save in progress: not touched
+    live.write_bytes(b"being written")
+    (p,) = _doctor(store, code=1)["problems"]
+    assert p["kind"] == "store" and tmp.name in p["detail"] and "killed" in p["detail"]
+    assert _doctor(store, "--repair", code=0)["repaired"] is True
+    assert not tmp.exists() and live.exists()
+    live.unlink()
 
 
 def test_doctor_store_versus_index_disagreement(small_store, tmp_path):

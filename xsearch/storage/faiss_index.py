@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import zlib
@@ -367,6 +368,34 @@ class IndexFileError(Exception):
 def remove_files(directory: Path, modality: str) -> None:
     for suffix in (".faiss", ".json"):
         (directory / f"{modality}{suffix}").unlink(missing_ok=True)
+
+
+_TEMP_RE = re.compile(r"^\.[^/]+\.(\d+)\.\d+\.tmp$")  # what _atomic_write names its temp files
+
+
+def abandoned_temp_files(directory: Path) -> list[Path]:
+    """Temp files of index saves whose process is gone (killed mid-save): safe to delete. A file of a
+    live process (another writer saving right now) is left alone."""
+    if not directory.is_dir():
+        return []
+    out = []
+    for p in sorted(directory.iterdir()):
+        m = _TEMP_RE.match(p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            out.append(p)
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
 
 
 def _atomic_write(path: Path, data: bytes | memoryview) -> None:

@@ -34,7 +34,14 @@ from xsearch.storage.db import items as T_items
 from xsearch.storage.db import meta as T_meta
 from xsearch.storage.db import roots as T_roots
 from xsearch.storage.db import vectors as T_vectors
-from xsearch.storage.faiss_index import IndexFileError, IndexPolicy, ModalityIndex, build, remove_files
+from xsearch.storage.faiss_index import (
+    IndexFileError,
+    IndexPolicy,
+    ModalityIndex,
+    abandoned_temp_files,
+    build,
+    remove_files,
+)
 from xsearch.storage.records import FAILED, OK, Item, ItemRecord
 
 log = logging.getLogger(__name__)
@@ -333,6 +340,8 @@ class Storage:
         """Persist changed indexes (each file written to a temp name, fsynced, then renamed into place)."""
         self._check_writable()
         with self._mutex:
+            for tmp in abandoned_temp_files(self.index_dir):
+                tmp.unlink(missing_ok=True)
             for modality, mi in list(self._indexes.items()):
                 if mi.dirty:
                     try:
@@ -448,6 +457,8 @@ class Storage:
         except StoreError as exc:
             return problems + [str(exc)]
         fix = "rebuild it from the database with `xsearch doctor --repair` (Storage.rebuild_indexes)"
+        problems += [f"{p}: left by an index save that was killed; `xsearch doctor --repair` or the next "
+                     "`xsearch index` deletes it" for p in abandoned_temp_files(self.index_dir)]
         for m in sorted(set(mods) | self._index_files()):
             want = db_ids.get(m, np.zeros(0, np.int64))
             mem = self._indexes.get(m)
