@@ -82,7 +82,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
         out["batch_s"] = {"size": args.batch, "median": round(float(np.median(batch_s)), 3),
                           "slowest": [round(b, 1) for b in sorted(batch_s)[-3:]]}
         out["index"] = {k: info[k] for k in ("type", "factory", "ntotal", "nlist", "m", "nprobe", "rerank",
-                                            "trained_on", "tuned_recall")}
+                                            "trained_on", "tuned_recall", "rerank_cache_bytes")}
 
         queries = data.batch(args.queries, key=n + 1)  # held out: keys of inserted batches are < n
         t = time.perf_counter()
@@ -103,6 +103,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
         recall = float(np.mean([len({i for i, _ in r} & set(t.tolist())) / 10 for r, t in zip(ours, truth_ids)]))
         store.close()  # checkpoints the WAL into the database file
         db_bytes = sum(p.stat().st_size for p in workdir.glob("xsearch.db*"))
+        index_dir_bytes = sum(p.stat().st_size for p in (workdir / "index").iterdir())
         out.update(
             recall_at_10=round(recall, 4),
             latency_ms={
@@ -113,7 +114,8 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
             speedup_vs_flat={"single": round(flat_single_ms / ours_single_ms, 2),
                              "batched": round(flat_batched_ms / ours_batched_ms, 2)},
             index_bytes_per_vector=round(info["bytes"] / info["ntotal"], 1),
-            store_bytes_per_item=round(db_bytes / n, 1),
+            store_bytes_per_item=round(db_bytes / n, 1),  # the database alone
+            index_dir_bytes_per_item=round(index_dir_bytes / n, 1),  # index + re-rank cache (derived)
             queries={"batched": args.queries, "single": args.single, "flat_single": args.single_flat},
         )
     finally:

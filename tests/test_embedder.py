@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from xsearch.engine.embedder import Embedder, cpu_has_fast_bf16, resolve_dtype
+from xsearch.engine.embedder import (
+    DEFAULT_CHUNK,
+    GPU_CHUNK,
+    Embedder,
+    cpu_has_fast_bf16,
+    resolve_chunk,
+    resolve_dtype,
+)
 from xsearch.engine.imagebind import ImageBindConfig, ImageBindModel
 from xsearch.engine.modalities import IMAGEBIND_MODALITIES
 from xsearch.errors import MediaError, UsageError
@@ -226,6 +233,19 @@ def test_dtype_and_device_resolution() -> None:
         resolve_dtype("int8", cpu)
     with pytest.raises(UsageError, match="device"):
         Embedder("imagebind_huge", device="tpu")
+
+
+def test_clips_per_forward_pass_follow_the_device(tiny: str) -> None:
+    assert resolve_chunk(None, torch.device("cpu")) == DEFAULT_CHUNK
+    assert resolve_chunk(None, torch.device("cuda")) == GPU_CHUNK > DEFAULT_CHUNK  # a GPU wants big batches
+    assert resolve_chunk(5, torch.device("cuda")) == 5
+    with pytest.raises(UsageError, match="chunk_size"):
+        resolve_chunk(0, torch.device("cpu"))
+    small = Embedder(tiny, device="cpu", dtype="float32", chunk_size=2)
+    whole = Embedder(tiny, device="cpu", dtype="float32")
+    assert small.chunk_size == 2 and whole.chunk_size == DEFAULT_CHUNK
+    x = torch.randn(5, 3, 224, 224)
+    assert np.allclose(small.embed_tensors("image", x), whole.embed_tensors("image", x), atol=1e-5)
 
 
 # ---------------------------------------------------------------- errors

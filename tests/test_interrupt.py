@@ -52,3 +52,31 @@ def test_sigint_stops_cleanly_and_next_run_continues(tmp_path, tiny_model):
     assert final["embedded"] + final["unchanged"] == n
     assert _count(store / "xsearch.db") == n
     os.sync()
+
+
+def test_ctrl_c_between_a_commit_and_its_index_update_waits_for_the_update(tmp_path, monkeypatch):
+    """A real SIGINT delivered right after a batch commits: the put finishes (index updated) first."""
+    import numpy as np
+    import pytest
+
+    from xsearch.storage import Storage
+
+    store = Storage(tmp_path / "s")
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    store.add_vectors(x[:4], modality="image", paths=[f"/a/{i}" for i in range(4)])
+    real_apply = Storage._apply
+
+    def apply_after_a_signal(self, changes, gens):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives between the commit and the in-memory index update
+        time.sleep(0.05)
+        return real_apply(self, changes, gens)
+
+    monkeypatch.setattr(Storage, "_apply", apply_after_a_signal)
+    with pytest.raises(KeyboardInterrupt):
+        store.add_vectors(x[4:], modality="image", paths=[f"/a/{i}" for i in range(4, 8)])
+    monkeypatch.undo()
+    assert store.index_info()["image"]["ntotal"] == 8  # the committed batch reached the index
+    store.flush()
+    assert store.check() == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    store.close()

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 import zlib
@@ -18,11 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import faiss
 import numpy as np
 
+from xsearch.storage import vector_cache
+from xsearch.storage.files import atomic_write
+from xsearch.storage.vector_cache import VectorCache
 from xsearch.storage.vectors import id_checksum
 
 log = logging.getLogger(__name__)
@@ -61,18 +63,22 @@ class IndexPolicy:
     chunk: int = 32_768  # vectors read from the database at a time when building
     seed: int = 1234
     use_gpu: bool = True  # search on GPU when faiss has one
+    # IVF-PQ indexes keep a memory-mapped copy of the stored vectors for re-ranking (+2 KB per 1024-d
+    # float16 vector on disk; a 1M-vector query re-ranks in ~1 ms instead of ~4 ms from SQLite)
+    rerank_cache: bool = True
 
 
 class VectorSource(Protocol):
     """A consistent view of one modality's stored vectors (the database, for the builder)."""
 
     dim: int
+    dtype: str  # how the vectors are stored ("float16" / "float32")
 
     def ids(self) -> np.ndarray: ...  # sorted int64
 
     def fetch(self, ids: np.ndarray, *, check_modality: bool = False) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]: ...  # ids, float32, stored bytes
 
 
 class RWLock:
@@ -165,6 +171,8 @@ class ModalityIndex:
     tuned_recall: float | None = None
     dirty: bool = True
     use_gpu: bool = True
+    cache: VectorCache | None = None  # stored vectors for re-ranking, memory-mapped (IVF-PQ only)
+    cache_problem: str | None = None  # why the sidecar's cache was not usable (doctor reports it)
     lock: RWLock = field(default_factory=RWLock, repr=False)
     _gpu: object | None = field(default=None, repr=False)
     _gpu_failed: bool = field(default=False, repr=False)
@@ -199,17 +207,33 @@ class ModalityIndex:
         return n <= policy.flat_max // 2 or n > policy.retrain_growth * trained or n * policy.retrain_growth < trained
 
     # -- mutation ----------------------------------------------------------------------------------------
-    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, x: np.ndarray, raw: np.ndarray | None = None) -> None:
+        """Add vectors (float32 as the store reads them back); `raw`, their stored bytes, keeps the
+        re-rank cache current (without it the cache is dropped and re-ranking reads the database)."""
         if len(ids):
             with self.lock.write():
                 self.index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+                if self.cache is not None:
+                    if raw is None:
+                        self.cache = None
+                    else:
+                        self._cache_op(lambda c: c.append(ids, raw))
                 self._changed()
 
     def remove(self, ids: np.ndarray) -> None:
         if len(ids):
             with self.lock.write():
                 self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+                if self.cache is not None:
+                    self.cache.remove(ids)
                 self._changed()
+
+    def _cache_op(self, op: Callable[[VectorCache], None]) -> None:
+        try:
+            op(self.cache)
+        except OSError as exc:  # e.g. a full disk: the index stays right, re-ranking reads the database
+            log.warning("%s: re-rank cache dropped (%s); re-ranking reads the database", self.modality, exc)
+            self.cache = None
 
     def _changed(self) -> None:
         self.dirty = True
@@ -253,6 +277,8 @@ class ModalityIndex:
         # into the codes' error band: re-rank proportionally more candidates than tuning needed.
         growth = max(1.0, self.ntotal / self.trained_on) if self.trained_on else 1.0
         kc = min(self.ntotal, math.ceil(max(k, TUNE_K) * rerank * growth))
+        if self.cache is not None:
+            fetch = _cache_first(self.cache, fetch)
         labels = self._candidates(queries, kc, nprobe, sel)
         results = _rerank(queries, labels, k, fetch)
         if ids is not None and nprobe < nlist:
@@ -328,8 +354,12 @@ class ModalityIndex:
             written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / f"{self.modality}.faiss", memoryview(data))
-        _atomic_write(directory / f"{self.modality}.json", (json.dumps(info, indent=2) + "\n").encode())
+        cache = self.cache
+        if cache is not None and cache.directory == directory:
+            info["cache"] = cache.save()
+        atomic_write(directory / f"{self.modality}.faiss", memoryview(data))
+        atomic_write(directory / f"{self.modality}.json", (json.dumps(info, indent=2) + "\n").encode())
+        vector_cache.remove_unused(directory, self.modality, keep=vector_cache.names(info.get("cache")))
         self.dirty = False
 
     @classmethod
@@ -353,12 +383,22 @@ class ModalityIndex:
             raise IndexFileError(f"{faiss_path}: FAISS cannot read it ({exc})") from exc
         if index.d != info.get("dim") or index.ntotal != info.get("ntotal"):
             raise IndexFileError(f"{faiss_path}: dimension or size differ from {json_path.name}")
-        return cls(
+        mi = cls(
             modality=modality, dim=int(index.d), index=index, kind=info["type"], factory=info["factory"],
             gen=int(info["db_gen"]), nlist=info.get("nlist"), m=info.get("m"), nprobe=info.get("nprobe"),
             rerank=info.get("rerank"), trained_on=info.get("trained_on"), train_sample=info.get("train_sample"),
             tuned_recall=info.get("tuned_recall"), dirty=False,
         )
+        if "cache" in info:
+            try:
+                cache = VectorCache.load(directory, modality, info["cache"], mi.dim)
+                if len(cache) != mi.ntotal:
+                    raise ValueError(f"{cache.data_path}: holds {len(cache)} vectors, the index {mi.ntotal}")
+                mi.cache = cache
+            except (OSError, ValueError) as exc:  # derived data: search without it, the next rebuild remakes it
+                mi.cache_problem = f"re-rank cache of the {modality} index: {exc}"
+                log.warning("%s; re-ranking reads the database", mi.cache_problem)
+        return mi
 
 
 class IndexFileError(Exception):
@@ -368,70 +408,19 @@ class IndexFileError(Exception):
 def remove_files(directory: Path, modality: str) -> None:
     for suffix in (".faiss", ".json"):
         (directory / f"{modality}{suffix}").unlink(missing_ok=True)
-
-
-_TEMP_RE = re.compile(r"^\.[^/]+\.(\d+)\.\d+\.tmp$")  # what _atomic_write names its temp files
-
-
-def abandoned_temp_files(directory: Path) -> list[Path]:
-    """Temp files of index saves whose process is gone (killed mid-save): safe to delete. A file of a
-    live process (another writer saving right now) is left alone."""
-    if not directory.is_dir():
-        return []
-    out = []
-    for p in sorted(directory.iterdir()):
-        m = _TEMP_RE.match(p.name)
-        if m and not _pid_alive(int(m.group(1))):
-            out.append(p)
-    return out
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but another user's
-        return True
-    return True
-
-
-def _atomic_write(path: Path, data: bytes | memoryview) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    vector_cache.remove_unused(directory, modality, keep=())
 
 
 # -- building ------------------------------------------------------------------------------------------------
-def build(modality: str, source: VectorSource, gen: int, policy: IndexPolicy) -> ModalityIndex:
-    """A fresh index for every vector in `source`, of the type its size calls for."""
+def build(modality: str, source: VectorSource, gen: int, policy: IndexPolicy,
+          cache_dir: Path | None = None) -> ModalityIndex:
+    """A fresh index for every vector in `source`, of the type its size calls for. An IVF-PQ index
+    gets a re-rank cache (a copy of the stored vectors) written into `cache_dir`, when one is given."""
     ids = source.ids()
     n, d = len(ids), source.dim
     if n <= policy.flat_max:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
-        for chunk_ids, x in source.chunks(policy.chunk):
+        for chunk_ids, x, _ in source.chunks(policy.chunk):
             index.add_with_ids(x, chunk_ids)
         return ModalityIndex(modality=modality, dim=d, index=index, kind="flat", factory=FLAT_FACTORY, gen=gen)
 
@@ -453,14 +442,32 @@ def build(modality: str, source: VectorSource, gen: int, policy: IndexPolicy) ->
     query_ids = np.sort(rng.choice(ids, min(policy.tune_queries, n), replace=False))
     query_ids, queries = source.fetch(query_ids)
     truth = _ExactTopK(queries, TUNE_K + 1)
-    for chunk_ids, x in source.chunks(policy.chunk):
+    cache = _new_cache(cache_dir, modality, source.dtype, d)
+    for chunk_ids, x, raw in source.chunks(policy.chunk):
         index.add_with_ids(x, chunk_ids)
         truth.update(chunk_ids, x)
+        if cache is not None:
+            try:
+                cache.append(chunk_ids, raw)
+            except OSError as exc:
+                log.warning("%s: no re-rank cache (%s); re-ranking reads the database", modality, exc)
+                cache = None
 
     mi = ModalityIndex(modality=modality, dim=d, index=index, kind="ivfpq", factory=factory, gen=gen,
                        nlist=nlist, m=m, trained_on=n, train_sample=n_train)
+    mi.cache = cache
     mi.nprobe, mi.rerank, mi.tuned_recall = tune(mi, queries, query_ids, truth.ids(), source.fetch, policy)
     return mi
+
+
+def _new_cache(directory: Path | None, modality: str, dtype: str, dim: int) -> VectorCache | None:
+    if directory is None:  # a read-only store: nowhere to write it
+        return None
+    try:
+        return VectorCache.create(directory, modality, dtype, dim)
+    except OSError as exc:
+        log.warning("%s: no re-rank cache (%s); re-ranking reads the database", modality, exc)
+        return None
 
 
 def tune(mi: ModalityIndex, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, fetch: Fetch,
@@ -554,6 +561,20 @@ def _rerank(queries: np.ndarray, labels: np.ndarray, k: int, fetch: Fetch, block
             ok = sorted_ids[pos] == cand  # a candidate removed since the index search is dropped
             results.append(_top_k(cand[ok], scores[order[pos[ok]], j], k) if ok.any() else [])
     return results
+
+
+def _cache_first(cache: VectorCache, fetch: Fetch) -> Fetch:
+    """Candidates' vectors from the memory-mapped cache; any it lacks (normally none) from the database."""
+    def read(ids: np.ndarray, *, check_modality: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        if check_modality:  # caller-given ids may be of any modality: only the database knows
+            return fetch(ids, check_modality=True)
+        found, x, missing = cache.fetch(ids)
+        if len(missing):
+            more_ids, more = fetch(missing)
+            if len(more_ids):
+                found, x = np.concatenate([found, more_ids]), np.concatenate([x, more])
+        return found, x
+    return read
 
 
 def _exact_over(queries: np.ndarray, k: int, ids: np.ndarray, fetch: Fetch) -> Results:

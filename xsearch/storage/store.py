@@ -18,11 +18,13 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import sqlalchemy as sa
@@ -34,14 +36,8 @@ from xsearch.storage.db import items as T_items
 from xsearch.storage.db import meta as T_meta
 from xsearch.storage.db import roots as T_roots
 from xsearch.storage.db import vectors as T_vectors
-from xsearch.storage.faiss_index import (
-    IndexFileError,
-    IndexPolicy,
-    ModalityIndex,
-    abandoned_temp_files,
-    build,
-    remove_files,
-)
+from xsearch.storage.faiss_index import IndexFileError, IndexPolicy, ModalityIndex, build, remove_files
+from xsearch.storage.files import abandoned_temp_files
 from xsearch.storage.records import FAILED, OK, Item, ItemRecord
 
 log = logging.getLogger(__name__)
@@ -153,14 +149,14 @@ class Storage:
 
     def remove_root(self, path: str, *, remove_items: bool = True) -> int:
         """Forget a folder and (by default) every item indexed under it; returns how many items went."""
-        with self._mutex:
+        with self._mutex, _interrupt_deferred():
             with self._write() as conn:
                 conn.execute(sa.delete(T_roots).where(T_roots.c.path == path))
                 ids = [] if not remove_items else conn.execute(
                     sa.select(T_items.c.id).where(T_items.c.root == path)).scalars().all()
                 gone, count = _delete_items(conn, ids)
                 gens = _bump_gens(conn, gone)
-            self._apply({m: (ids, None, None) for m, ids in gone.items()}, gens)
+            self._apply({m: _Change(ids) for m, ids in gone.items()}, gens)
         return count
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -264,7 +260,7 @@ class Storage:
         good = [r for r in batch if r.error is None]
         x = _stack(good, self._where) if good else None
         now = time.time()
-        with self._mutex:
+        with self._mutex, _interrupt_deferred():
             with self._write() as conn:
                 fmt = self._check_format(conn, x)
                 old = _existing(conn, [r.path for r in batch])
@@ -280,20 +276,21 @@ class Storage:
                 old_ids = [ident for ident, _, _ in old.values()]
                 for chunk in _chunks(old_ids, _IN_CHUNK):
                     conn.execute(sa.delete(T_vectors).where(T_vectors.c.item_id.in_(chunk)))
-                changes: dict[str, tuple[list[int], list[int] | None, np.ndarray | None]] = {}
+                changes: dict[str, _Change] = {}
                 for ident, modality, status in old.values():
                     if status == OK:
-                        changes.setdefault(modality, ([], None, None))[0].append(ident)
+                        changes.setdefault(modality, _Change([])).removed.append(ident)
                 if good:
                     new_ids = np.array([id_of[r.path] for r in good], dtype=np.int64)
-                    conn.execute(sa.insert(T_vectors), [{"item_id": int(i), "data": b}
-                                                        for i, b in zip(new_ids, vec.encode(x, fmt[1]))])
+                    raw = vec.encode_rows(x, fmt[1])
+                    conn.execute(sa.insert(T_vectors), [{"item_id": int(i), "data": row.tobytes()}
+                                                        for i, row in zip(new_ids, raw)])
                     stored = vec.stored(x, fmt[1])
                     mods = np.array([r.modality for r in good])
                     for modality in np.unique(mods):
                         sel = mods == modality
-                        removals = changes.get(str(modality), ([], None, None))[0]
-                        changes[str(modality)] = (removals, new_ids[sel].tolist(), stored[sel])
+                        removals = changes.get(str(modality), _Change([])).removed
+                        changes[str(modality)] = _Change(removals, new_ids[sel].tolist(), stored[sel], raw[sel])
                 gens = _bump_gens(conn, changes)
             if good:
                 self._format = fmt  # committed: the first vectors have fixed the store's format
@@ -312,7 +309,7 @@ class Storage:
     def move(self, item_id: int, new_path: str, *, size: int, mtime_ns: int, root: str | None) -> None:
         """A renamed file keeps its id and vector. An item already at `new_path` (overwritten) is removed."""
         self._check_writable()
-        with self._mutex:
+        with self._mutex, _interrupt_deferred():
             with self._write() as conn:
                 row = conn.execute(sa.select(T_items.c.id).where(T_items.c.id == item_id)).first()
                 if row is None:
@@ -324,16 +321,16 @@ class Storage:
                 conn.execute(sa.update(T_items).where(T_items.c.id == item_id)
                              .values(path=new_path, size=size, mtime_ns=mtime_ns, root=root))
                 gens = _bump_gens(conn, gone)
-            self._apply({m: (ids, None, None) for m, ids in gone.items()}, gens)
+            self._apply({m: _Change(ids) for m, ids in gone.items()}, gens)
 
     def remove(self, ids: Sequence[int]) -> int:
         """Remove items (and their vectors, from the database and the index); returns how many existed."""
         self._check_writable()
-        with self._mutex:
+        with self._mutex, _interrupt_deferred():
             with self._write() as conn:
                 gone, count = _delete_items(conn, [int(i) for i in ids])
                 gens = _bump_gens(conn, gone)
-            self._apply({m: (ids, None, None) for m, ids in gone.items()}, gens)
+            self._apply({m: _Change(ids) for m, ids in gone.items()}, gens)
         return count
 
     def flush(self) -> None:
@@ -398,6 +395,8 @@ class Storage:
                 "type": mi.kind, "factory": mi.factory, "ntotal": mi.ntotal, "nprobe": mi.nprobe,
                 "trained_on": mi.trained_on, "bytes": int(mi.serialize().nbytes), "nlist": mi.nlist, "m": mi.m,
                 "rerank": mi.rerank, "tuned_recall": mi.tuned_recall, "dim": mi.dim, "flushed": not mi.dirty,
+                # bytes of the memory-mapped copy of the vectors that re-ranking reads (None: reads the database)
+                "rerank_cache_bytes": None if mi.cache is None else mi.cache.nrows * mi.cache.rowbytes,
             }
         return out
 
@@ -476,6 +475,7 @@ class Storage:
                 if self._format and fi.dim != self._format[0]:
                     problems.append(f"{where}: holds {fi.dim}-d vectors, the store {self._format[0]}-d; {fix}")
                     continue
+                problems += [f"{p}; {fix}" for p in self._cache_problems(fi, have)]
             if not np.array_equal(have, want):
                 missing = len(np.setdiff1d(want, have, assume_unique=True))
                 extra = len(np.setdiff1d(have, want, assume_unique=True))
@@ -485,6 +485,25 @@ class Storage:
                 problems.append(f"{where}: reflects database write {gen}, the database is at {gens.get(m, 0)} "
                                 f"(stale vectors); {fix}")
         return problems
+
+    def _cache_problems(self, mi: ModalityIndex, index_ids: np.ndarray, sample: int = 64) -> list[str]:
+        """The re-rank cache must hold exactly the index's ids, with the database's bytes (checked on a sample)."""
+        if mi.cache_problem:
+            return [mi.cache_problem]
+        cache = mi.cache
+        if cache is None:
+            return []
+        if not np.array_equal(cache.ids, index_ids):
+            return [f"{cache.data_path}: re-rank cache holds other ids than the {mi.modality} index"]
+        picked = np.random.default_rng(0).choice(index_ids, min(sample, len(index_ids)), replace=False)
+        cached = cache.raw(picked)
+        with self._connect() as conn:
+            stored = dict(conn.execute(sa.select(T_vectors.c.item_id, T_vectors.c.data)
+                                       .where(T_vectors.c.item_id.in_(picked.tolist()))).all())
+        differ = sum(1 for i, b in cached.items() if stored.get(i) != b)
+        if differ:
+            return [f"{cache.data_path}: {differ} of {len(picked)} sampled vectors differ from the database"]
+        return []
 
     # -- internals: indexes ----------------------------------------------------------------------------------
     def _index(self, modality: str) -> ModalityIndex | None:
@@ -528,16 +547,18 @@ class Storage:
             fmt = self._read_format(conn)
             if fmt is None:
                 return None
-            mi = build(modality, _DbSource(conn, modality, fmt), _gen(conn, modality), self.policy)
+            writable = not self.read_only and self._writable_dir()
+            cache_dir = self.index_dir if writable and self.policy.rerank_cache else None
+            mi = build(modality, _DbSource(conn, modality, fmt), _gen(conn, modality), self.policy, cache_dir)
         mi.use_gpu = self.policy.use_gpu
         return mi
 
-    def _apply(self, changes: dict[str, tuple[list[int], list[int] | None, np.ndarray | None]],
+    def _apply(self, changes: dict[str, _Change],
                gens: dict[str, tuple[int, int]]) -> None:
         """Bring each touched index up to the transaction just committed (caller holds _mutex)."""
         if changes and self._format is None:
             self._refresh_format()
-        for modality, (removals, add_ids, add_x) in changes.items():
+        for modality, (removals, add_ids, add_x, add_raw) in changes.items():
             before, after = gens[modality]
             mi = self._indexes.get(modality)
             if mi is None:
@@ -547,7 +568,7 @@ class Storage:
                 continue
             mi.remove(np.asarray(removals, dtype=np.int64))
             if add_ids:
-                mi.add(np.asarray(add_ids, dtype=np.int64), add_x)
+                mi.add(np.asarray(add_ids, dtype=np.int64), add_x, add_raw)
             mi.gen = after
             mi.dirty = True
             self._indexes[modality] = mi
@@ -651,11 +672,44 @@ class Storage:
         return fmt
 
 
+@contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Ctrl-C inside the block takes effect when it ends. A commit and the index update that follows it
+    must both happen: interrupted between them, the saved index would miss a committed batch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives KeyboardInterrupt
+        return
+    caught: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except ValueError:  # signals unavailable here (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and previous is not signal.SIG_IGN:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+            else:
+                raise KeyboardInterrupt
+
+
+class _Change(NamedTuple):
+    """What one committed write did to a modality's vectors, for its index to follow."""
+
+    removed: list[int]
+    added: list[int] | None = None
+    x: np.ndarray | None = None  # the added vectors as the store reads them back (float32, unit)
+    raw: np.ndarray | None = None  # their stored bytes (the re-rank cache keeps these)
+
+
 class _DbSource:
     """One modality's stored vectors, read inside the caller's transaction (a consistent snapshot)."""
 
     def __init__(self, conn: sa.Connection, modality: str, fmt: tuple[int, str]):
-        self.conn, self.modality, self.fmt, self.dim = conn, modality, fmt, fmt[0]
+        self.conn, self.modality, self.fmt, self.dim, self.dtype = conn, modality, fmt, fmt[0], fmt[1]
         self._ids: np.ndarray | None = None
 
     def ids(self) -> np.ndarray:
@@ -666,14 +720,16 @@ class _DbSource:
     def fetch(self, ids: np.ndarray, *, check_modality: bool = False) -> tuple[np.ndarray, np.ndarray]:
         return _fetch(self.conn, ids, self.fmt, modality=self.modality if check_modality else None)
 
-    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(ids, float32 unit vectors, stored bytes as (n, row bytes) uint8) in id order."""
         query = (sa.select(T_vectors.c.item_id, T_vectors.c.data)
                  .join(T_items, T_items.c.id == T_vectors.c.item_id)
                  .where(T_items.c.modality == self.modality).order_by(T_vectors.c.item_id))
         result = self.conn.execution_options(yield_per=size).execute(query)
         for part in result.partitions(size):
+            raw = np.frombuffer(b"".join(r[1] for r in part), dtype=np.uint8)
             yield (np.fromiter((r[0] for r in part), dtype=np.int64, count=len(part)),
-                   vec.decode([r[1] for r in part], self.fmt[1], self.dim))
+                   vec.decode_rows(raw, len(part), self.dtype, self.dim), raw.reshape(len(part), -1))
 
 
 def _fetch(conn: sa.Connection, ids: np.ndarray, fmt: tuple[int, str], *,

@@ -43,20 +43,29 @@ def choose_dtype(x: np.ndarray) -> str:
 
 
 def encode(x: np.ndarray, dtype: str) -> list[bytes]:
+    return [row.tobytes() for row in encode_rows(x, dtype)]
+
+
+def encode_rows(x: np.ndarray, dtype: str) -> np.ndarray:
+    """The stored bytes of each row, as a (n, dim * itemsize) uint8 array (what `encode` returns per row)."""
     raw = np.ascontiguousarray(x, dtype=DTYPES[dtype])
-    return [row.tobytes() for row in raw]
+    return raw.view(np.uint8).reshape(len(raw), -1)
 
 
 def decode(blobs: Sequence[bytes], dtype: str, dim: int) -> np.ndarray:
     """float32 (n, dim) from stored blobs, in the order given."""
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)
-    raw = b"".join(blobs)
-    flat = np.frombuffer(raw, dtype=DTYPES[dtype])
-    if flat.size != len(blobs) * dim:
+    return decode_rows(np.frombuffer(b"".join(blobs), dtype=np.uint8), len(blobs), dtype, dim)
+
+
+def decode_rows(raw: np.ndarray, n: int, dtype: str, dim: int) -> np.ndarray:
+    """float32 (n, dim) from n stored rows laid end to end in a uint8 buffer."""
+    flat = np.ascontiguousarray(raw).reshape(-1).view(DTYPES[dtype])
+    if flat.size != n * dim:
         raise ValueError(f"stored vectors do not have {dim} {dtype} values each")
     out = _f16_to_f32(flat) if dtype == "float16" else flat.astype(np.float32)
-    return _unit(out.reshape(len(blobs), dim))
+    return _unit(out.reshape(n, dim))
 
 
 _F16_TO_F32_SCALE = np.float32(2.0**112)  # 2**(127 - 15): float32 exponent bias minus float16's
