@@ -422,3 +422,31 @@ def test_token_required_on_every_request(token_server):
         assert page.status_code == 200 and "xsearch_token" in browser.cookies
         assert browser.get("/static/app.js").status_code == 200
         assert browser.get("/api/status").status_code == 200
+
+
+def test_files_with_non_utf8_names_are_served_and_previewed(tmp_path, tiny_model):
+    from tests.corpus import write_depth_png, write_image
+
+    photos, depths = tmp_path / "m", tmp_path / "d"
+    photos.mkdir()
+    depths.mkdir()
+    # Latin-1 bytes, not valid UTF-8: Python names them with lone surrogates, the store escapes them.
+    photo = Path(os.fsdecode(os.fsencode(photos) + b"/caf\xe9.png"))
+    depth = Path(os.fsdecode(os.fsencode(depths) + b"/d\xe9pth.png"))
+    other = write_image(photos / "other.png", 9)
+    write_image(photo, 5)
+    write_depth_png(depth, 6)
+    with xsearch.open(tmp_path / "s", model=tiny_model) as store:
+        store.index([photos])
+        store.index([depths], modality="depth")
+        photo_id = store.storage.item_by_path(str(photos / "caf\\xe9.png")).id  # stored as `ls -b` shows it
+        depth_id = store.storage.item_by_path(str(depths / "d\\xe9pth.png")).id
+        with BackgroundServer(store) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+            r = c.get(f"/media/{photo_id}")
+            assert r.status_code == 200 and r.content == photo.read_bytes()
+            item = c.get(f"/api/items/{photo_id}").json()
+            assert item["media_url"] == f"/media/{photo_id}" and item["path"].endswith("caf\\xe9.png")
+            preview = c.get(f"/api/items/{depth_id}/preview.png")
+            assert preview.status_code == 200 and Image.open(io.BytesIO(preview.content)).format == "PNG"
+            hits = c.post("/api/search", json={"like": str(other), "target": "image", "k": 1}).json()["results"]
+            assert [h["id"] for h in hits] == [photo_id] and hits[0]["media_url"] == f"/media/{photo_id}"

@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xsearch import __version__
 from xsearch.errors import MediaError, ModelError, StoreError, UsageError, XSearchError
+from xsearch.pathnames import fs_path
 from xsearch.query.spec import INPUT_MODALITIES, as_inputs
 from xsearch.serve.preview import PREVIEW_MODALITIES, render_preview
 
@@ -376,12 +377,13 @@ class _Service:
         self.model_lock = threading.Lock()
 
     def real_roots(self) -> list[str]:
-        return [os.path.realpath(r) for r in self.store.storage.roots()]
+        return [os.path.realpath(fs_path(r)) for r in self.store.storage.roots()]
 
     @staticmethod
     def inside(path: str, roots: Iterable[str]) -> str | None:
-        """The real path of ``path`` when it is a regular file inside one of ``roots`` (symlinks resolved)."""
-        real = os.path.realpath(path)
+        """The real path of the stored ``path`` when it is a regular file inside one of ``roots`` (symlinks
+        resolved). Stored paths hold non-UTF-8 names escaped; ``fs_path`` gives the name on disk back."""
+        real = os.path.realpath(fs_path(path))
         for root in roots:
             if (real == root or real.startswith(root.rstrip(os.sep) + os.sep)) and os.path.isfile(real):
                 return real
