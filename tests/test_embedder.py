@@ -14,6 +14,7 @@ from xsearch.engine.embedder import (
     GPU_CHUNK,
     Embedder,
     cpu_has_fast_bf16,
+    default_batch_size,
     resolve_chunk,
     resolve_dtype,
 )
@@ -235,10 +236,12 @@ def test_dtype_and_device_resolution() -> None:
         Embedder("imagebind_huge", device="tpu")
 
 
-def test_clips_per_forward_pass_follow_the_device(tiny: str) -> None:
+def test_batch_sizes_follow_the_device(tiny: str) -> None:
     assert resolve_chunk(None, torch.device("cpu")) == DEFAULT_CHUNK
     assert resolve_chunk(None, torch.device("cuda")) == GPU_CHUNK > DEFAULT_CHUNK  # a GPU wants big batches
     assert resolve_chunk(5, torch.device("cuda")) == 5
+    assert default_batch_size("cpu") == 8  # files per batch in an index run
+    assert default_batch_size("auto") == (64 if torch.cuda.is_available() else 8)
     with pytest.raises(UsageError, match="chunk_size"):
         resolve_chunk(0, torch.device("cpu"))
     small = Embedder(tiny, device="cpu", dtype="float32", chunk_size=2)

@@ -101,12 +101,14 @@ class Store:
         modality: str | None = None,
         *,
         progress: Progress | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         workers: int | None = None,
         wait: bool = False,
         on_wait: Callable[[str], None] | None = None,
     ) -> IndexReport:
         """Index files and folders (all known folders when ``paths`` is empty); incremental.
+
+        ``batch_size``: files embedded together (default 8 on the CPU, 64 on a GPU).
 
         One index run writes to a store at a time (``<store>/index.lock``): if another holds it, this
         raises a StoreError naming its pid, or with ``wait=True`` waits for it (``on_wait`` gets a line first).
@@ -119,6 +121,10 @@ class Store:
             if self.storage.get_meta("model") is None:
                 self.storage.set_meta("model", model_id)
                 self.storage.set_meta("model_name", self.model_name)
+            if batch_size is None:
+                from xsearch.engine.embedder import default_batch_size
+
+                batch_size = default_batch_size(self._device)
             indexer = Indexer(
                 self.storage, lambda: self.embedder, model_id, batch_size=batch_size, workers=workers, progress=progress
             )

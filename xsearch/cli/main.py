@@ -68,7 +68,7 @@ def index(
     modality: Optional[str] = typer.Option(None, "--modality", help="Treat this folder's files as depth, thermal or imu (remembered for the folder)."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Items embedded together."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Files embedded together (default: 8 on the CPU, 64 on a GPU)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),

@@ -36,6 +36,7 @@ __all__ = [
     "canonical_modality",
     "configure_threads",
     "cpu_has_fast_bf16",
+    "default_batch_size",
     "resolve_chunk",
     "resolve_device",
     "resolve_dtype",
@@ -94,6 +95,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use --device cpu")
     return dev
+
+
+def default_batch_size(device: str | torch.device = "auto") -> int:
+    """Files per embedding batch in an index run: 8 on the CPU (bigger batches gain ~5% there and hold
+    more memory), 64 on a GPU, which needs many items in flight to be busy."""
+    return 64 if resolve_device(device).type == "cuda" else 8
 
 
 def resolve_chunk(chunk_size: int | None, device: torch.device) -> int:
