@@ -264,6 +264,23 @@ def _as_path(item: object, modality: str) -> str | os.PathLike:
 class BatchEmbedder:
     """``embed`` / ``embed_paths`` on top of a subclass's ``load``, ``tokenize`` and ``embed_tensors``."""
 
+    def _init_runtime(self, device: str | torch.device, dtype: str | torch.dtype, num_threads: int | None,
+                      chunk_size: int | None) -> None:
+        """Where and how the model runs: device, compute dtype, CPU threads, clips per forward pass."""
+        self._device = resolve_device(device)
+        self._dtype = resolve_dtype(dtype, self._device)
+        if self._device.type == "cpu" or num_threads is not None:
+            configure_threads(num_threads)
+        self.chunk_size = resolve_chunk(chunk_size, self._device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
     def load(self, modality: str, path: str | os.PathLike) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -362,11 +379,7 @@ class Embedder(BatchEmbedder):
         chunk_size: int | None = None,
         model_id: str | None = None,
     ):
-        self._device = resolve_device(device)
-        self._dtype = resolve_dtype(dtype, self._device)
-        if self._device.type == "cpu" or num_threads is not None:
-            configure_threads(num_threads)
-        self.chunk_size = resolve_chunk(chunk_size, self._device)
+        self._init_runtime(device, dtype, num_threads, chunk_size)
         self._modalities = None if modalities is None else _served(modalities)
         self._lock = threading.Lock()
         self._models: dict[str, ImageBindModel] = {}  # tower -> the model object holding it
@@ -379,14 +392,6 @@ class Embedder(BatchEmbedder):
             self._name = None if model is None else os.fspath(model)
 
     # ------------------------------------------------------------ properties
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
 
     @property
     def modalities(self) -> tuple[str, ...]:

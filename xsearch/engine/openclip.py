@@ -29,10 +29,6 @@ from xsearch.engine.embedder import (
     _flatten_clips,
     _import_loader,
     canonical_modality,
-    configure_threads,
-    resolve_chunk,
-    resolve_device,
-    resolve_dtype,
 )
 from xsearch.errors import MediaError, ModelError, UsageError
 
@@ -126,11 +122,7 @@ class OpenCLIPEmbedder(BatchEmbedder):
         num_threads: int | None = None,
         chunk_size: int | None = None,
     ):
-        self._device = resolve_device(device)
-        self._dtype = resolve_dtype(dtype, self._device)
-        if self._device.type == "cpu" or num_threads is not None:
-            configure_threads(num_threads)
-        self.chunk_size = resolve_chunk(chunk_size, self._device)
+        self._init_runtime(device, dtype, num_threads, chunk_size)
         self.arch = _register_arch(arch)
         cfg = _check_offline(self.arch)
         self.weights_path = _check_weights(self.arch, pretrained)
@@ -148,14 +140,6 @@ class OpenCLIPEmbedder(BatchEmbedder):
         return model, preprocess
 
     # ------------------------------------------------------------ properties
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
 
     @property
     def dim(self) -> int:
