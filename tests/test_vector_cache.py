@@ -149,6 +149,18 @@ def test_a_cache_whose_bytes_differ_from_the_database_is_caught(store, tmp_path)
         assert "differ from the database" in problem
 
 
+def test_an_ivf_index_saved_without_a_cache_is_reported_and_repaired(store, tmp_path):
+    mi = store._index("image")
+    mi.cache = None  # as after a full disk while appending: the index is right, the cache was dropped
+    mi.dirty = True
+    store.flush()
+    assert cache_files(tmp_path) == []  # the dropped cache's files are gone with the save
+    (problem,) = store.check()
+    assert "no re-rank cache" in problem and "doctor --repair" in problem
+    store.rebuild_indexes("image")
+    assert store.check() == [] and len(cache_files(tmp_path)) == 2
+
+
 def test_a_read_only_store_rebuilds_in_memory_without_writing_a_cache(store, tmp_path):
     store.close()
     for p in (tmp_path / "index").iterdir():

@@ -492,6 +492,8 @@ class Storage:
             return [mi.cache_problem]
         cache = mi.cache
         if cache is None:
+            if mi.kind == "ivfpq" and self.policy.rerank_cache:
+                return [f"the {mi.modality} index has no re-rank cache, so re-ranking reads the database (slower)"]
             return []
         if not np.array_equal(cache.ids, index_ids):
             return [f"{cache.data_path}: re-rank cache holds other ids than the {mi.modality} index"]
