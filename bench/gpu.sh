@@ -30,11 +30,11 @@ fi
 
 status=0
 start=$SECONDS
-timeout 240 python3 bench/embed.py --device "$device" --no-int8 "${embed_args[@]}" \
+timeout 200 python3 bench/embed.py --device "$device" --no-int8 "${embed_args[@]}" \
   > "$out/embed_gpu.json" 2> "$out/embed_gpu.log" || { status=1; echo "embed.py failed, see $out/embed_gpu.log"; }
 echo "embed: $((SECONDS - start)) s"
 start=$SECONDS
-timeout 150 python3 bench/gpu_search.py --device "$device" "${search_args[@]}" \
+timeout 100 python3 bench/gpu_search.py --device "$device" "${search_args[@]}" \
   > "$out/search_gpu.json" 2> "$out/search_gpu.log" || { status=1; echo "gpu_search.py failed, see $out/search_gpu.log"; }
 echo "search: $((SECONDS - start)) s"
 tail -n 3 "$out"/*.log
