@@ -1,4 +1,4 @@
-"""Audio, text and video preprocessing: parity with the original ImageBind and behaviour on real files."""
+"""Image, audio, text and video preprocessing: parity with the original ImageBind and behaviour on real files."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from xsearch.engine.preprocess import audio as A
+from xsearch.engine.preprocess import image as I
 from xsearch.engine.preprocess import text as T
 from xsearch.engine.preprocess import video as V
 from xsearch.engine.preprocess.image import CLIP_MEAN, CLIP_STD
@@ -111,6 +112,66 @@ def _encode_audio(c, st, seconds: float, sr: int = 44100) -> None:
 @pytest.fixture(scope="module")
 def cases(golden_dir: Path) -> dict:
     return json.loads((golden_dir / "tiny" / "cases.json").read_text())
+
+
+def test_images_match_original(golden_dir, golden_tensors, cases):
+    ref = golden_tensors["input.vision"]
+    assert ref.shape[0] == len(cases["images"])
+    for i, rel in enumerate(cases["images"]):
+        ours = I.load_image(golden_dir / "media" / rel)
+        assert ours.shape == ref[i].shape and ours.dtype == torch.float32
+        assert (ours - ref[i]).abs().max() <= 1e-4
+
+
+def original_image_pipeline(path: Path) -> torch.Tensor:
+    """ImageBind's own image transform, written with torchvision as the original is."""
+    from PIL import Image
+    from torchvision import transforms
+
+    t = transforms.Compose([
+        transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=CLIP_MEAN, std=CLIP_STD),
+    ])
+    with open(path, "rb") as fh:
+        return t(Image.open(fh).convert("RGB"))
+
+
+def _formats(tmp_path: Path) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 256, (300, 410, 3), dtype=np.uint8))
+    out = []
+
+    def save(name: str, img, **kw) -> None:
+        img.save(tmp_path / name, **kw)
+        out.append(tmp_path / name)
+
+    save("photo.jpg", photo, quality=90)
+    save("photo.webp", photo)
+    save("photo.bmp", photo)
+    save("photo.tif", photo)
+    save("rgba.png", photo.convert("RGBA"))
+    save("grey.png", photo.convert("L"))
+    save("grey_alpha.png", photo.convert("LA"))
+    save("palette.png", photo.convert("P", palette=Image.ADAPTIVE, colors=32), transparency=0)
+    save("cmyk.jpg", photo.convert("CMYK"))
+    save("tall.png", photo.resize((90, 700)))
+    save("small.png", photo.resize((40, 30)))  # upscaled to 224
+    save("grey16.png", Image.fromarray(rng.integers(0, 65535, (200, 260)).astype(np.uint16)))
+    frames = [photo.convert("P", palette=Image.ADAPTIVE).rotate(k * 30) for k in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    out.append(tmp_path / "anim.gif")
+    return out
+
+
+def test_image_formats_match_the_original_transform(tmp_path):
+    for path in _formats(tmp_path):
+        ours, ref = I.load_image(path), original_image_pipeline(path)
+        assert ours.shape == ref.shape == (3, 224, 224), path.name
+        assert (ours - ref).abs().max() <= 1e-6, path.name
 
 
 def test_audio_matches_original(golden_dir, golden_tensors, cases):

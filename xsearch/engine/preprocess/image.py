@@ -167,11 +167,9 @@ def load_image(path: str | os.PathLike, fast: bool | None = None) -> torch.Tenso
     img = open_image(path, DRAFT_MIN_SHORT_SIDE if fast else None)
     if getattr(img, "n_frames", 1) > 1:
         img.seek(0)  # animated: the first frame stands for the file
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # PIL's convert("RGB") would clip 16-bit grey to white; scale it to 8 bits instead.
-        a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") else max(float(np.nanmax(a)), 1.0)
-        img = Image.fromarray(np.clip(np.nan_to_num(a) / hi * 255.0, 0, 255).astype(np.uint8), "L")
+    # Exactly the original's convert("RGB"), also for 16-bit and float grey, where PIL clips values
+    # above 255 (a 16-bit photo comes out nearly white): the official embeddings are defined by it.
+    # Such frames belong to the thermal loader (scaled by their own range): `--modality thermal`.
     try:
         rgb = img.convert("RGB")
     except (OSError, ValueError) as e:
