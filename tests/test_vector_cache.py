@@ -98,6 +98,25 @@ def test_the_cache_follows_changes_removals_and_additions_and_reloads(store, tmp
     assert len(new) == 300
 
 
+def test_superseded_rows_are_compacted_away_on_save(store, tmp_path):
+    for round_ in range(4):  # the same 600 items re-embedded: each round appends 600 rows, supersedes 600
+        store.add_vectors(clustered(600, seed=21 + round_), modality="image", paths=paths(0, 600))
+    mi = store._index("image")
+    assert mi.cache.nrows == N + 4 * 600  # every version is appended
+    old_data = mi.cache.data_path
+    store.flush()  # 5,400 rows for 3,000 live ones: not yet more than half superseded
+    assert mi.cache.data_path == old_data
+    store.remove(store.ids_matching(modality="image")[:2_000].tolist())  # now 5400 rows for 1000 live
+    store.flush()
+    assert mi.cache.data_path != old_data and not old_data.exists()
+    assert mi.cache.nrows == 1_000 and mi.cache.data_path.stat().st_size == 1_000 * 128
+    cache_matches_database(store, tmp_path)
+    queries = clustered(20, seed=30)
+    assert store.search("image", queries, 10) == without_cache(store, queries)
+    with Storage(tmp_path, read_only=True, policy=POLICY) as again:
+        assert again.search("image", queries, 10) == store.search("image", queries, 10)
+
+
 def test_rows_a_killed_writer_appended_are_ignored_then_cut(store, tmp_path):
     mi = store._index("image")
     data = mi.cache.data_path

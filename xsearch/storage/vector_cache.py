@@ -36,6 +36,8 @@ from xsearch.storage.files import atomic_write
 log = logging.getLogger(__name__)
 
 _TOKEN_BYTES = 6
+COMPACT_SLACK_ROWS = 1024  # superseded rows tolerated beyond half the file before a save compacts it
+_COPY_ROWS = 16_384  # rows copied at a time when compacting
 
 
 class VectorCache:
@@ -143,8 +145,12 @@ class VectorCache:
             self._state = (old_ids[keep], old_rows[keep], mm)
 
     def save(self) -> dict:
-        """Make the rows durable and write the map; returns the sidecar's ``cache`` entry."""
+        """Make the rows durable and write the map; returns the sidecar's ``cache`` entry. A data file
+        that is more than half superseded rows (vectors changed or removed since it was written) is
+        first rewritten with the live rows only, under a new name."""
         with self._write_lock:
+            if self.nrows > 2 * len(self._state[0]) + COMPACT_SLACK_ROWS:
+                self._compact()
             ids, rows, _ = self._state
             with open(self.data_path, "r+b") as fh:
                 os.fsync(fh.fileno())
@@ -156,6 +162,19 @@ class VectorCache:
             return {"data": self.data_name, "map": map_name, "dtype": self.dtype, "rows": self.nrows,
                     "count": int(len(ids)),
                     "map_crc32": zlib.crc32(raw), "bytes": self.nrows * self.rowbytes + len(raw)}
+
+    def _compact(self) -> None:
+        ids, rows, mm = self._state
+        order = np.argsort(rows, kind="stable")  # read the old file front to back
+        name = f"{self.modality}.{secrets.token_hex(_TOKEN_BYTES)}.vec"
+        new_rows = np.empty(len(ids), np.int64)
+        with open(self.directory / name, "wb") as fh:
+            for start in range(0, len(ids), _COPY_ROWS):
+                part = order[start: start + _COPY_ROWS]
+                fh.write(np.ascontiguousarray(mm[rows[part]]).data)
+                new_rows[part] = np.arange(start, start + len(part))
+        self.data_name, self.nrows = name, len(ids)
+        self._state = (ids, new_rows, self._map(self.nrows))  # the old file goes after the next sidecar
 
     # -- reading -------------------------------------------------------------------------------------
     def fetch(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
