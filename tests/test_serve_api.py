@@ -321,8 +321,21 @@ def test_status_page_and_docs(client, corpus):
     for asset, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
         r = client.get(asset)
         assert r.status_code == 200 and kind in r.headers["content-type"]
-    assert client.get("/docs").status_code == 200
     assert "/api/search" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs/swagger").status_code == 200  # Swagger UI (its scripts come from a CDN)
+
+
+def test_api_reference_page_needs_nothing_from_outside(client):
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "<script" not in page and "src=" not in page and "cdn" not in page.lower()  # self-contained
+    for path in client.get("/openapi.json").json()["paths"]:
+        assert f">{path}<" in page  # every endpoint is listed
+    # the search body's fields, their types and limits, and the example request
+    for text in ("POST", "multipart/form-data", "application/json", "<td>k</td>", "maximum 1000",
+                 "image_weight", "file", "&quot;a dog&quot;", "item_id"):
+        assert text in page, text
 
 
 def test_foreign_host_header_refused(server):

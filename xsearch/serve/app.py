@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from urllib.parse import parse_qs, quote, unquote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -36,6 +36,7 @@ from xsearch import __version__
 from xsearch.errors import MediaError, ModelError, StoreError, UsageError, XSearchError
 from xsearch.pathnames import fs_path
 from xsearch.query.spec import INPUT_MODALITIES, as_inputs
+from xsearch.serve import apidocs
 from xsearch.serve.preview import PREVIEW_MODALITIES, render_preview
 
 log = logging.getLogger("xsearch.serve")
@@ -84,6 +85,13 @@ def error_status(exc: XSearchError) -> int:
     if isinstance(exc, (StoreError, ModelError)):
         return 503
     return 500
+
+
+def _api_reference(app: FastAPI) -> str:
+    page = getattr(app.state, "api_reference", None)
+    if page is None:  # the schema is fixed once the app is built: render it once
+        page = app.state.api_reference = apidocs.render(app.openapi())
+    return page
 
 
 def media_type(path: str) -> str:
@@ -492,6 +500,7 @@ def create_app(
         title="xsearch",
         summary="Cross-modal search over photos, video, sound, depth, thermal, IMU and text (ImageBind).",
         version=__version__,
+        docs_url="/docs/swagger",  # Swagger UI needs its CDN; /docs below works offline
     )
     app.state.service = svc
 
@@ -585,6 +594,10 @@ def create_app(
             "targets": ["all", *INPUT_MODALITIES],
         }
         return out
+
+    @app.get("/docs", include_in_schema=False)
+    def api_reference() -> HTMLResponse:
+        return HTMLResponse(_api_reference(app))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
