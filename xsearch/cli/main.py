@@ -172,7 +172,10 @@ def status(
         table.add_column(col)
     for m, n in sorted(st["counts"].items()):
         info = st["indexes"].get(m, {})
-        table.add_row(m, str(n), str(info.get("factory", "-")), str(info.get("ntotal", "-")))
+        index = str(info.get("factory", "-"))
+        if info.get("rerank_cache_bytes"):
+            index += f" + re-rank cache ({info['rerank_cache_bytes'] / 1e6:.0f} MB)"
+        table.add_row(m, str(n), index, str(info.get("ntotal", "-")))
     out.print(table)
     n_err = len(st["errors"])
     if errors:
