@@ -14,14 +14,16 @@ cd "$(dirname "$0")/.."
 out=${OUT:-bench/out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+dry=${GPU_BENCH_DRY:-0}
+# The carried wheels are built for the device's Python 3.12; a dry run here uses what is installed.
+if [ "$dry" != 1 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/site:$PWD"
 else
   export PYTHONPATH="$PWD"
 fi
 
-if [ "${GPU_BENCH_DRY:-0}" = 1 ]; then
+if [ "$dry" = 1 ]; then
   device=cpu; embed_args=(--modalities imu,text --batches 1,2 --quick); search_args=(--n 20000 --single 20)
 else
   device=cuda; embed_args=(--batches 1,32,256 --repeats 3); search_args=()
