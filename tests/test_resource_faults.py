@@ -58,6 +58,15 @@ def _clear_error(proc, store: Path, *words: str) -> str:
     return err
 
 
+def _two_folders(tmp_path: Path, model: str, n_first: int, n_more: int, *, more_seed: int):
+    """Two image folders, the store's path and the CLI options every run here passes."""
+    first, more = tmp_path / "m" / "a", tmp_path / "m" / "b"
+    _images(first, n_first, 0)
+    _images(more, n_more, more_seed)
+    store = tmp_path / "s"
+    return first, more, store, ("--store", store, "--model", model, "--no-progress", "--json")
+
+
 def _doctor_ok(store: Path) -> None:
     proc = run_cli("doctor", "--json", "--store", store)
     assert proc.returncode == 0 and json.loads(proc.stdout) == {"ok": True, "problems": [], "repaired": False}, \
@@ -65,11 +74,7 @@ def _doctor_ok(store: Path) -> None:
 
 
 def test_disk_full_during_an_index_run(tmp_path, tiny_model):
-    first, more = tmp_path / "m" / "a", tmp_path / "m" / "b"
-    _images(first, 30, 0)
-    _images(more, 150, 1000)
-    store = tmp_path / "s"
-    common = ("--store", store, "--model", tiny_model, "--no-progress", "--json")
+    first, more, store, common = _two_folders(tmp_path, tiny_model, 30, 150, more_seed=1000)
     assert run_cli("index", first, *common).returncode == 0
     before = _count(store)
     # The database may not grow past its present size: the write-ahead log fills up after a few batches.
@@ -146,11 +151,7 @@ def _read_only(folder: Path):
 
 
 def test_read_only_store(tmp_path, tiny_model):
-    first, more = tmp_path / "m" / "a", tmp_path / "m" / "b"
-    _images(first, 10, 0)
-    _images(more, 10, 500)
-    store = tmp_path / "s"
-    common = ("--store", store, "--model", tiny_model, "--no-progress", "--json")
+    first, more, store, common = _two_folders(tmp_path, tiny_model, 10, 10, more_seed=500)
     assert run_cli("index", first, *common).returncode == 0
     snapshot = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
     with _read_only(store) as how:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -213,10 +213,14 @@ class ModalityIndex:
             with self.lock.write():
                 self.index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.asarray(ids, dtype=np.int64))
                 if self.cache is not None:
-                    if raw is None:
+                    try:
+                        if raw is None:
+                            raise ValueError("the added vectors' stored bytes were not given")
+                        self.cache.append(ids, raw)
+                    except (OSError, ValueError) as exc:  # e.g. a full disk: the index stays right
+                        log.warning("%s: re-rank cache dropped (%s); re-ranking reads the database",
+                                    self.modality, exc)
                         self.cache = None
-                    else:
-                        self._cache_op(lambda c: c.append(ids, raw))
                 self._changed()
 
     def remove(self, ids: np.ndarray) -> None:
@@ -226,13 +230,6 @@ class ModalityIndex:
                 if self.cache is not None:
                     self.cache.remove(ids)
                 self._changed()
-
-    def _cache_op(self, op: Callable[[VectorCache], None]) -> None:
-        try:
-            op(self.cache)
-        except OSError as exc:  # e.g. a full disk: the index stays right, re-ranking reads the database
-            log.warning("%s: re-rank cache dropped (%s); re-ranking reads the database", self.modality, exc)
-            self.cache = None
 
     def _changed(self) -> None:
         self.dirty = True

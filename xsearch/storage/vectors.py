@@ -42,12 +42,8 @@ def choose_dtype(x: np.ndarray) -> str:
     return "float16" if roundtrip_cosine(x, "float16").min() >= MIN_ROUNDTRIP_COSINE else "float32"
 
 
-def encode(x: np.ndarray, dtype: str) -> list[bytes]:
-    return [row.tobytes() for row in encode_rows(x, dtype)]
-
-
 def encode_rows(x: np.ndarray, dtype: str) -> np.ndarray:
-    """The stored bytes of each row, as a (n, dim * itemsize) uint8 array (what `encode` returns per row)."""
+    """The stored bytes of each row, as a (n, dim * itemsize) uint8 array (one database blob per row)."""
     raw = np.ascontiguousarray(x, dtype=DTYPES[dtype])
     return raw.view(np.uint8).reshape(len(raw), -1)
 
