@@ -319,6 +319,21 @@ def test_check_finds_broken_index_files_and_rebuild_fixes_them(tmp_path):
         assert ids_of(s.search("image", x[4], 1)[0]) == [ids[4]]
 
 
+def test_a_modality_whose_last_item_left_is_consistent(tmp_path):
+    x = unit(6, seed=9)
+    with Storage(tmp_path) as s:
+        s.add_vectors(x[:3], modality="image", paths=[f"/c/{i}.jpg" for i in range(3)])
+        audio = s.add_vectors(x[3:], modality="audio", paths=[f"/c/{i}.wav" for i in range(3)])
+        s.remove(audio)
+        s.flush()
+        assert s.check() == [] and s.stale_index_files() == []
+        s.rebuild_indexes()
+        assert s.check() == [] and s.stale_index_files() == []
+        assert s.search("audio", x[3], 5)[0] == []
+    with Storage(tmp_path) as s:
+        assert s.check() == [] and s.stale_index_files() == []
+
+
 def test_read_only_refuses_writes(tmp_path):
     with pytest.raises(StoreError, match="no xsearch store"):
         Storage(tmp_path / "missing", read_only=True)

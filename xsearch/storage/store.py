@@ -404,17 +404,19 @@ class Storage:
         """Modalities whose index file does not reflect the database: missing, or saved at another database
         write (a run killed before its final save leaves them so). Reads only the sidecars, not the indexes."""
         with self._connect() as conn:
-            gens = {m: _gen(conn, m) for m in self._modalities(conn)}
+            mods = set(self._modalities(conn))
+            # A modality whose last item left keeps its counter (and an empty index file) until a rebuild.
+            gens = {m: _gen(conn, m) for m in mods | self._index_files()}
         stale = []
-        for m in sorted(set(gens) | self._index_files()):
+        for m in sorted(gens):
             try:
                 info = json.loads((self.index_dir / f"{m}.json").read_text())
                 size = (self.index_dir / f"{m}.faiss").stat().st_size
             except (OSError, ValueError):
                 stale.append(m)
                 continue
-            if not isinstance(info, dict) or info.get("file_bytes") != size or info.get("db_gen") != gens.get(m, 0) \
-                    or (m not in gens and info.get("ntotal")):
+            if not isinstance(info, dict) or info.get("file_bytes") != size or info.get("db_gen") != gens[m] \
+                    or (m not in mods and info.get("ntotal")):
                 stale.append(m)
         return stale
 
@@ -452,7 +454,7 @@ class Storage:
                     problems.append(f"{self._where}: {bare} ok items have no stored vector; re-index them")
                 mods = self._modalities(conn)
                 db_ids = {m: _modality_ids(conn, m) for m in mods}
-                gens = {m: _gen(conn, m) for m in mods}
+                gens = {m: _gen(conn, m) for m in set(mods) | self._index_files()}
         except StoreError as exc:
             return problems + [str(exc)]
         fix = "rebuild it from the database with `xsearch doctor --repair` (Storage.rebuild_indexes)"
