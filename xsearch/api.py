@@ -144,7 +144,13 @@ class Store:
         return writer_lock(self.path, wait=wait, on_wait=on_wait, what=what, hint=hint)
 
     def add_vectors(self, vectors: np.ndarray, *, modality: str, paths: Sequence[str], model: str | None = None) -> list[int]:
-        """Bring your own embeddings: store (and index) one unit vector per path."""
+        """Bring your own embeddings: store (and index) one unit vector per path.
+
+        ``paths`` are names kept as given (file paths, URLs, keys); adding again under a name
+        replaces that vector. A name that is a file indexed from a folder is refused.
+        """
+        if modality not in INPUT_MODALITIES:
+            raise UsageError(f"add_vectors: unknown modality {modality!r}; expected one of {', '.join(INPUT_MODALITIES)}")
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(paths):
             raise UsageError(f"add_vectors needs an (N, D) array and N paths; got {vectors.shape} and {len(paths)} paths")
@@ -157,21 +163,30 @@ class Store:
         return ids
 
     def remove(self, paths: str | os.PathLike | Iterable[str | os.PathLike]) -> int:
-        """Forget files (a folder removes everything under it). Returns how many items went."""
+        """Forget files and folders: everything under a folder, and the indexed folders inside it.
+        Returns how many items went.
+
+        A path is matched as given (names stored by ``add_vectors``) and as a file path. Files
+        still on disk under an indexed folder come back with its next index run: remove (or move)
+        them on disk too, or forget the whole indexed folder.
+        """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         with self._writing(hint="try again when it has finished"):
+            roots = self.storage.roots()
             ids: list[int] = []
+            forget: list[str] = []
             for p in paths:
-                p = stored_abspath(p)
-                item = self.storage.item_by_path(p)
-                if item is not None:
-                    ids.append(item.id)
-                else:
-                    ids.extend(it.id for it in self.storage.items(prefix=os.path.join(p, "")))
-                if p in self.storage.roots():
-                    self.storage.remove_root(p)
-            n = self.storage.remove(ids) if ids else 0
+                for key in dict.fromkeys((os.fsdecode(p), stored_abspath(p))):
+                    item = self.storage.item_by_path(key)
+                    if item is not None:
+                        ids.append(item.id)
+                    under = os.path.join(key, "")
+                    ids.extend(it.id for it in self.storage.items(prefix=under))
+                    forget += [r for r in roots if r == key or r.startswith(under)]
+            n = self.storage.remove(sorted(set(ids))) if ids else 0
+            for r in dict.fromkeys(forget):
+                self.storage.remove_root(r, remove_items=False)
             self.storage.flush()
         return n
 

@@ -52,6 +52,7 @@ class IndexReport:
     interrupted: bool = False
     seconds: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)  # this run's new failures
+    missing: list[str] = field(default_factory=list)  # indexed folders not on disk (their items are kept)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -72,6 +73,21 @@ class _Result:
     facts: dict = field(default_factory=dict)
     error: str | None = None
     reuse: Any = None  # an Item whose vector this file can take
+
+
+def _owner(path: str, roots: Sequence[str]) -> str | None:
+    """The innermost of ``roots`` that is ``path`` or a folder above it."""
+    best = None
+    for r in roots:
+        if (path == r or path.startswith(os.path.join(r, ""))) and (best is None or len(r) > len(best)):
+            best = r
+    return best
+
+
+def _outermost(paths: Sequence[str]) -> list[str]:
+    """``paths`` without duplicates and without those inside another one (walked as part of it)."""
+    unique = sorted(set(paths))
+    return [p for p in unique if _owner(p, [q for q in unique if q != p]) is None]
 
 
 # Below this many parameters (the embedder's model for a modality), index runs use one torch thread.
@@ -119,12 +135,18 @@ class Indexer:
 
     # ------------------------------------------------------------ planning
 
-    def _roots(self, paths: Sequence[str], modality: str | None) -> list[tuple[str, str | None]]:
+    def _roots(self, paths: Sequence[str], modality: str | None) -> list[str]:
+        """The paths this run walks (outermost only); records new folders and ``--modality`` overrides.
+
+        Each file belongs to the innermost indexed folder that holds it, whose override decides its
+        modality; a path inside an indexed folder given without ``--modality`` is walked under that
+        folder's settings rather than recorded as a folder of its own.
+        """
         check_override(modality)
         known = self.storage.roots()
         if not paths:
-            return list(known.items())
-        roots = []
+            return _outermost(list(known))
+        walk_paths = []
         for p in paths:
             root = os.path.abspath(os.fsdecode(p))
             if not os.path.exists(root):
@@ -132,43 +154,56 @@ class Indexer:
 
                 raise UsageError(f"{store_path(root)}: no such file or folder")
             root = store_path(root)  # as stored (a folder name that is not valid UTF-8 is escaped)
-            override = modality if modality is not None else known.get(root)
-            self.storage.add_root(root, override)
-            roots.append((root, override))
-        return roots
+            if modality is not None or _owner(root, known) is None:
+                self.storage.add_root(root, modality)
+            walk_paths.append(root)
+        return _outermost(walk_paths)
 
-    def _plan(self, roots, report: IndexReport):
+    def _plan(self, walk_paths: list[str], report: IndexReport):
         todo: list[_Task] = []
         failures: list[ItemRecord] = []
         gone: dict[str, Any] = {}
-        for root, override in roots:
-            stored = {it.path: it for it in self.storage.items(root=root)}
+        reroot: dict[str, list[int]] = {}  # unchanged items now owned by another (inner or outer) folder
+        roots = self.storage.roots()
+        for top in walk_paths:
+            if not os.path.lexists(fs_path(top)):
+                # Moved, deleted or unmounted: keep its items (re-embedding them is costly) and say so.
+                report.missing.append(top)
+                continue
+            stored = {it.path: it for it in self.storage.items(prefix=os.path.join(top, ""))}
+            single = self.storage.item_by_path(top)
+            if single is not None:
+                stored[top] = single
             seen: set[str] = set()
-            for entry in walk(fs_path(root)):
+            for entry in walk(fs_path(top)):
                 seen.add(entry.path)
+                root = _owner(entry.path, roots) or top
+                old = stored.get(entry.path)
                 if entry.error is not None:
-                    old = stored.get(entry.path)
                     if old is not None and old.status == "failed" and old.error == entry.error:
                         report.failed += 1
                         continue
                     failures.append(self._failure(entry, "unknown", root, entry.error))
                     continue
-                modality = detect_modality(entry.fspath, override)
+                modality = detect_modality(entry.fspath, roots.get(root))
                 if modality is None:
                     report.skipped += 1
                     continue
-                old = stored.get(entry.path)
-                if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.modality == modality:
+                if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.modality == modality \
+                        and (old.status == "failed" or old.model == self.model_id):
+                    if old.root != root:
+                        reroot.setdefault(root, []).append(old.id)
                     if old.status == "failed":
                         report.failed += 1
-                        continue
-                    if old.model == self.model_id:
+                    else:
                         report.unchanged += 1
-                        continue
+                    continue
                 todo.append(_Task(entry, modality, root))
             for path, item in stored.items():
                 if path not in seen:
                     gone[path] = item
+        for root, ids in reroot.items():
+            self.storage.set_root(ids, root)
         return todo, failures, gone
 
     def _failure(self, entry: Entry, modality: str, root: str, reason: str, chash: str | None = None) -> ItemRecord:
@@ -224,8 +259,7 @@ class Indexer:
     def run(self, paths: Sequence[str] = (), modality: str | None = None) -> IndexReport:
         t0 = time.perf_counter()
         report = IndexReport()
-        roots = self._roots(paths, modality)
-        todo, failures, gone = self._plan(roots, report)
+        todo, failures, gone = self._plan(self._roots(paths, modality), report)
         # Moved files are matched to vanished items of the same content.
         by_hash = {(it.content_hash, it.modality): it for it in gone.values() if it.status == "ok" and it.content_hash and it.model == self.model_id}
         self.progress.start(len(todo) + len(failures), "indexing")

@@ -303,8 +303,16 @@ class Storage:
         x = np.asarray(vectors, dtype=np.float32)
         if x.ndim != 2 or len(x) != len(paths):
             raise ValueError(f"add_vectors needs an (n, d) array and n paths, got {x.shape} and {len(paths)} paths")
-        return self.put([ItemRecord(path=str(p), modality=modality, size=0, mtime_ns=0, model=model, vector=v)
-                         for p, v in zip(paths, x)])
+        names = [str(p) for p in paths]
+        with self._connect() as conn:
+            for chunk in _chunks(names, _IN_CHUNK):
+                clash = conn.execute(sa.select(T_items.c.path, T_items.c.root).where(
+                    T_items.c.path.in_(chunk), T_items.c.root.is_not(None)).limit(1)).first()
+                if clash is not None:
+                    raise UsageError(f"add_vectors: {clash.path} is a file indexed from {clash.root}; its vector "
+                                     "comes from the file. Remove it from the store first, or use another name")
+        return self.put([ItemRecord(path=p, modality=modality, size=0, mtime_ns=0, model=model, vector=v)
+                         for p, v in zip(names, x)])
 
     def move(self, item_id: int, new_path: str, *, size: int, mtime_ns: int, root: str | None) -> None:
         """A renamed file keeps its id and vector. An item already at `new_path` (overwritten) is removed."""
@@ -322,6 +330,13 @@ class Storage:
                              .values(path=new_path, size=size, mtime_ns=mtime_ns, root=root))
                 gens = _bump_gens(conn, gone)
             self._apply({m: _Change(ids) for m, ids in gone.items()}, gens)
+
+    def set_root(self, ids: Sequence[int], root: str) -> None:
+        """Record that these items now belong to the indexed folder ``root`` (vectors untouched)."""
+        self._check_writable()
+        with self._write() as conn:
+            for chunk in _chunks([int(i) for i in ids], _IN_CHUNK):
+                conn.execute(sa.update(T_items).where(T_items.c.id.in_(chunk)).values(root=root))
 
     def remove(self, ids: Sequence[int]) -> int:
         """Remove items (and their vectors, from the database and the index); returns how many existed."""

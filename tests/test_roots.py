@@ -1,0 +1,114 @@
+"""Indexed folders: nesting, per-folder modality overrides, missing folders and `remove`.
+
+Each file belongs to the innermost indexed folder that holds it; that folder's ``--modality``
+decides how it is read, whatever folder a run starts from. Real files, SQLite, FAISS and the
+tiny fixture model, through the Python API.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xsearch
+from tests.corpus import write_depth_png, write_image
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    media = tmp_path / "media"
+    (media / "photos").mkdir(parents=True)
+    (media / "depth").mkdir()
+    for i in range(3):
+        write_image(media / "photos" / f"p{i}.png", i)
+        write_depth_png(media / "depth" / f"d{i}.png", i)
+    return media
+
+
+def counts(store: xsearch.Store) -> dict[str, int]:
+    return store.status()["counts"]
+
+
+def test_inner_modality_folder_wins_and_runs_stay_incremental(tree: Path, tmp_path: Path, tiny_model: str) -> None:
+    with xsearch.open(tmp_path / "s", model=tiny_model) as store:
+        store.index(tree / "depth", modality="depth")
+        first = store.index(tree)  # the parent folder, no override
+        assert (first.embedded, first.unchanged) == (3, 3)
+        assert counts(store) == {"depth": 3, "image": 3}
+        for _ in range(3):  # plain runs walk each file once, under its innermost folder
+            rep = store.index()
+            assert (rep.embedded, rep.unchanged, rep.moved, rep.copied, rep.removed) == (0, 6, 0, 0, 0)
+            assert counts(store) == {"depth": 3, "image": 3}
+        rep = store.index([tree, tree / "depth", tree / "photos"])  # overlapping paths: still once each
+        assert (rep.embedded, rep.unchanged) == (0, 6)
+
+
+def test_marking_a_subfolder_later_reindexes_only_it(tree: Path, tmp_path: Path, tiny_model: str) -> None:
+    with xsearch.open(tmp_path / "s", model=tiny_model) as store:
+        store.index(tree)
+        assert counts(store) == {"image": 6}  # 16-bit depth PNGs read as images without an override
+        rep = store.index(tree / "depth", modality="depth")
+        assert (rep.embedded, rep.unchanged) == (3, 0)
+        assert counts(store) == {"depth": 3, "image": 3}
+        rep = store.index()
+        assert (rep.embedded, rep.unchanged) == (0, 6) and counts(store) == {"depth": 3, "image": 3}
+        # A subfolder of the depth folder given without --modality keeps the depth override.
+        (tree / "depth" / "more").mkdir()
+        write_depth_png(tree / "depth" / "more" / "d9.png", 9)
+        rep = store.index(tree / "depth" / "more")
+        assert rep.embedded == 1 and counts(store) == {"depth": 4, "image": 3}
+        assert str(tree / "depth" / "more") not in store.storage.roots()
+        # Forgetting the depth folder forgets its files, and the next plain run reads them as images again.
+        assert store.remove(tree / "depth") == 4
+        assert counts(store) == {"image": 3}
+        assert str(tree / "depth") not in store.storage.roots()
+        rep = store.index()
+        assert rep.embedded == 4 and counts(store) == {"image": 7}
+
+
+def test_remove_counts_what_it_removed(tree: Path, tmp_path: Path, tiny_model: str) -> None:
+    with xsearch.open(tmp_path / "s", model=tiny_model) as store:
+        store.index(tree / "depth", modality="depth")
+        store.index(tree)
+        assert store.remove(tree) == 6  # the folder, and the indexed folder inside it
+        assert counts(store) == {} and store.storage.roots() == {}
+        assert store.remove(tree) == 0
+
+
+def test_a_missing_folder_keeps_its_items_and_a_moved_one_reuses_them(tree: Path, tmp_path: Path, tiny_model: str) -> None:
+    with xsearch.open(tmp_path / "s", model=tiny_model) as store:
+        store.index(tree / "photos")
+        moved = tmp_path / "elsewhere"
+        shutil.move(tree / "photos", moved)  # renamed, or a drive that is not mounted
+        rep = store.index()
+        assert rep.missing == [str(tree / "photos")] and rep.removed == 0
+        assert counts(store) == {"image": 3}
+        rep = store.index(moved)
+        assert (rep.embedded, rep.copied) == (0, 3)  # same content: the stored vectors are reused
+        assert store.remove(tree / "photos") == 3
+        rep = store.index()
+        assert rep.missing == [] and (rep.embedded, rep.unchanged) == (0, 3)
+        assert counts(store) == {"image": 3}
+
+
+def test_own_vectors_by_name_and_indexed_files_are_protected(tree: Path, tmp_path: Path, tiny_model: str) -> None:
+    from xsearch.errors import UsageError
+
+    with xsearch.open(tmp_path / "s", model=tiny_model) as store:
+        store.index(tree / "photos")
+        dim = store.storage.dim
+        vecs = np.random.default_rng(0).normal(size=(3, dim)).astype(np.float32)
+        ids = store.add_vectors(vecs, modality="image", paths=["byo/a", "byo/b", "s3://bucket/c.jpg"])
+        hits = store.search(like="byo/a", target="image", k=10)
+        assert "byo/a" not in [h.path for h in hits] and len(hits) == 5
+        assert store.remove("byo/a") == 1
+        assert store.remove(["byo", "s3://bucket/c.jpg"]) == 2
+        assert counts(store) == {"image": 3} and ids
+        with pytest.raises(UsageError, match="unknown modality 'smell'"):
+            store.add_vectors(vecs[:1], modality="smell", paths=["x"])
+        photo = str(tree / "photos" / "p0.png")
+        with pytest.raises(UsageError, match="indexed from"):
+            store.add_vectors(vecs[:1], modality="audio", paths=[photo])
+        assert store.storage.item_by_path(photo).modality == "image"
