@@ -115,6 +115,11 @@ class Store:
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        if not paths:
+            if modality is not None:  # remembered per folder: a run over every folder keeps each one's own
+                raise UsageError(f"a modality applies to the folders given with it: xsearch index PATH... --modality {modality}")
+            if not self.storage.roots():
+                raise UsageError(f"{self.path}: no folders indexed yet: xsearch index PATH")
         with self._writing(wait=wait, on_wait=on_wait):
             self._check_model()
             model_id = self.model_id
@@ -236,7 +241,8 @@ class Store:
         return {
             "store": str(self.path),
             "model": self.storage.get_meta("model") or self.model_id,
-            "roots": [{"path": p, "modality": m} for p, m in self.storage.roots().items()],
+            "roots": [{"path": p, "modality": m, "missing": not os.path.lexists(fs_path(p))}
+                      for p, m in self.storage.roots().items()],
             "counts": self.storage.counts(),
             "indexes": self.storage.index_info(),
             "store_bytes": size,
@@ -247,14 +253,21 @@ class Store:
         """Check the store: database integrity, store vs index agreement, half-written
         index files, files that vanished from disk. ``repair`` rebuilds the derived indexes."""
         problems = self._store_problems()
-        vanished = [it.path for it in self.storage.items(status="ok") if it.root is not None and not os.path.exists(fs_path(it.path))]
+        missing = [r for r in self.storage.roots() if not os.path.lexists(fs_path(r))]
+        for r in missing:
+            n = len(self.storage.items(prefix=os.path.join(r, ""))) + (self.storage.item_by_path(r) is not None)
+            problems.append({"kind": "missing", "detail": f"{r}: indexed folder not on disk (moved, deleted or "
+                                                          f"unmounted); its {n} items are kept until it is back or "
+                                                          f"`xsearch remove {r}` forgets them"})
+        vanished = [it.path for it in self.storage.items(status="ok") if it.root is not None and it.root not in missing
+                    and not os.path.exists(fs_path(it.path))]
         problems += [{"kind": "vanished", "detail": f"{p}: no longer on disk; `xsearch index` drops it"} for p in vanished]
         repaired = False
         if repair and any(p["kind"] == "store" for p in problems):
             with self._writing(hint="try `xsearch doctor --repair` again when it has finished"):
                 self.storage.rebuild_indexes()
             repaired = True
-            problems = self._store_problems() + [p for p in problems if p["kind"] == "vanished"]
+            problems = self._store_problems() + [p for p in problems if p["kind"] in ("missing", "vanished")]
         return {"ok": not problems, "problems": problems, "repaired": repaired}
 
     def _store_problems(self) -> list[dict[str, str]]:

@@ -14,7 +14,9 @@ from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from xsearch.errors import UsageError, XSearchError
 
@@ -24,8 +26,11 @@ app = typer.Typer(
     help="Cross-modal search over photos, video, sound, depth, thermal, IMU and text (ImageBind).",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console(soft_wrap=True)  # long paths stay on one line (greppable)
-err = Console(stderr=True)
+# File names and error text are data: with markup, emoji codes and highlighting off, a name such as
+# "x[/y].png" or ":cat:.jpg" prints as itself; styled words go through Text. soft_wrap keeps every
+# line (long paths, error lines) whole, so it stays greppable when piped.
+out = Console(soft_wrap=True, markup=False, emoji=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 StoreOpt = typer.Option(None, "--store", help="Store folder (default: $XSEARCH_STORE, else $XSEARCH_HOME/store).", envvar="XSEARCH_STORE")
 ModelOpt = typer.Option(None, "--model", help="imagebind_huge, or a folder with config.json + checkpoint.pth (default: the store's model, else $XSEARCH_MODEL, else imagebind_huge).")
@@ -40,20 +45,39 @@ def _emit_json(obj) -> None:
         sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=True, default=str) + "\n")
 
 
+def _one_line(text: object) -> str:
+    """Error text on one line: newlines (in a decoder's message, even in a file name) shown as ls -b does."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _error(message: object) -> None:
+    err.print(Text.assemble(("error:", "red"), " ", _one_line(message)))
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     """XSearchErrors become one line on stderr and an exit status, never a traceback."""
     try:
         yield
     except UsageError as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        _error(e)
         raise typer.Exit(2)
     except XSearchError as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+        _error(e)
         raise typer.Exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130)
+
+
+def _print_table(table: Table) -> None:
+    """A table on stdout; piped, at its natural width, so that each row (and path in it) is one line."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        natural = Measurement.get(out, out.options.update_width(1 << 16), table).maximum
+        # print(width=) is capped at the console's width: a console as wide as the table instead.
+        Console(width=max(out.width, natural), soft_wrap=True, markup=False, emoji=False, highlight=False).print(table)
 
 
 def _open(store: Optional[Path], model: Optional[str] = None, **kw):
@@ -62,10 +86,25 @@ def _open(store: Optional[Path], model: Optional[str] = None, **kw):
     return Store(store, model=model, **kw)
 
 
+def _require_indexed_folders(store: Optional[Path]) -> None:
+    """A plain ``xsearch index`` on a store that does not exist yet is a usage error, and creates nothing."""
+    from xsearch.api import default_store_path
+    from xsearch.storage.db import db_path
+
+    where = store if store is not None else default_store_path()
+    if not db_path(Path(where)).exists():
+        raise UsageError(f"{where}: no folders indexed yet: xsearch index PATH")
+
+
 @app.command()
 def index(
     paths: List[Path] = typer.Argument(None, help="Files and folders to index (default: every folder indexed before)."),
-    modality: Optional[str] = typer.Option(None, "--modality", help="Treat this folder's files as depth, thermal or imu (remembered for the folder)."),
+    modality: Optional[str] = typer.Option(
+        None, "--modality",
+        help="Index the given folders' files as this modality (remembered for each folder): depth, thermal or imu "
+             "for frames and recordings that look like ordinary images or CSVs; image, audio, video or text to "
+             "take files with that modality's extensions as it, whatever their content looks like.",
+    ),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Files embedded together (default: 8 on the CPU, 64 on a GPU)."),
@@ -79,26 +118,30 @@ def index(
     from xsearch.indexer.progress import RichProgress
 
     with _errors():
+        if not paths and modality is None:
+            _require_indexed_folders(store)  # before opening: opening creates the store
         with _open(store, model, device=device) as s:
             bar = RichProgress() if progress and not as_json and sys.stderr.isatty() else None
             report = s.index([os.fspath(p) for p in paths or []], modality, progress=bar, batch_size=batch_size, workers=workers,
-                             wait=wait, on_wait=lambda line: err.print(line, highlight=False, markup=False))
+                             wait=wait, on_wait=lambda line: err.print(_one_line(line)))
     if as_json:
         _emit_json(report.to_dict())
     else:
         out.print(
             f"embedded {report.embedded}, unchanged {report.unchanged}, moved {report.moved}, copied {report.copied}, "
             f"removed {report.removed}, failed {report.failed}, skipped {report.skipped} in {report.seconds:.1f}s"
-            + (" (interrupted)" if report.interrupted else ""),
-            highlight=False,
+            + (" (interrupted)" if report.interrupted else "")
         )
         for e in report.errors[:20]:
-            err.print(f"  failed: {e['path']}: {e['reason']}", highlight=False, markup=False)
+            err.print(_one_line(f"  failed: {e['path']}: {e['reason']}"))
         if len(report.errors) > 20:
             err.print(f"  ... and {len(report.errors) - 20} more (xsearch status --errors)")
+        for folder in report.missing:
+            err.print(_one_line(f"  missing: {folder}: indexed folder not on disk (moved, deleted or unmounted); "
+                                f"its files stay in the store until it is back or `xsearch remove {folder}` forgets them"))
     if report.interrupted:
         raise typer.Exit(130)
-    raise typer.Exit(1 if report.failed else 0)
+    raise typer.Exit(1 if report.failed or report.missing else 0)
 
 
 @app.command()
@@ -128,6 +171,8 @@ def query(
     with _errors():
         given = dict(text=text, image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu, like=like)
         inputs = [i for kind, vals in given.items() for i in as_inputs(kind, vals or None)]
+        if not inputs:  # the library's message names kinds; here the flags say it better
+            raise UsageError("give at least one query input (--text, --image, --audio, --video, --depth, --thermal, --imu, --like)")
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=os.fspath(folder) if folder else None,
             glob=glob, min_score=min_score,
@@ -143,11 +188,15 @@ def query(
             sys.stdout.write(h.path + "\n")
     else:
         table = Table(show_edge=False)
-        for col, just in (("#", "right"), ("score", "right"), ("modality", "left"), ("path", "left")):
+        for col, just in (("#", "right"), ("score", "right"), ("modality", "left")):
             table.add_column(col, justify=just)
+        table.add_column("path", overflow="fold")  # a path is never cut short with an ellipsis
         for h in hits:
-            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, h.path)
-        out.print(table if hits else "no results")
+            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(h.path))
+        if hits:
+            _print_table(table)
+        else:
+            out.print("no results")
 
 
 @app.command()
@@ -163,10 +212,11 @@ def status(
     if as_json:
         _emit_json(st)
         return
-    out.print(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)", highlight=False)
-    out.print(f"model  {st['model']}", highlight=False)
+    out.print(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)")
+    out.print(f"model  {st['model']}")
     for r in st["roots"]:
-        out.print(f"folder {r['path']}" + (f"  (as {r['modality']})" if r["modality"] else ""), highlight=False)
+        out.print(f"folder {r['path']}" + (f"  (as {r['modality']})" if r["modality"] else "")
+                  + ("  (missing: not on disk)" if r["missing"] else ""))
     table = Table(show_edge=False)
     for col in ("modality", "items", "index", "vectors"):
         table.add_column(col)
@@ -176,11 +226,11 @@ def status(
         if info.get("rerank_cache_bytes"):
             index += f" + re-rank cache ({info['rerank_cache_bytes'] / 1e6:.0f} MB)"
         table.add_row(m, str(n), index, str(info.get("ntotal", "-")))
-    out.print(table)
+    _print_table(table)
     n_err = len(st["errors"])
     if errors:
         for e in st["errors"]:
-            out.print(f"{e['path']}: {e['reason']}", highlight=False, markup=False)
+            out.print(_one_line(f"{e['path']}: {e['reason']}"))
     elif n_err:
         out.print(f"{n_err} file(s) failed; see xsearch status --errors")
 
@@ -199,7 +249,7 @@ def doctor(
         _emit_json(report)
     else:
         for p in report["problems"]:
-            out.print(f"[{p['kind']}] {p['detail']}", highlight=False, markup=False)
+            out.print(_one_line(f"[{p['kind']}] {p['detail']}"))
         if report["repaired"]:
             out.print("indexes rebuilt from the database")
         fixable = not repair and any(p["kind"] == "store" for p in report["problems"])

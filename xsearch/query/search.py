@@ -28,7 +28,13 @@ class Hit:
 
 def compose(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ImageBind's embedding arithmetic: the normalised weighted sum of unit vectors."""
-    v = (vectors.astype(np.float32) * weights.astype(np.float32)[:, None]).sum(axis=0)
+    weights = np.asarray(weights, dtype=np.float64)
+    scale = float(np.abs(weights).max(initial=0.0))
+    if not np.isfinite(scale) or scale == 0:
+        raise UsageError("the query weights must be finite and not all 0")
+    # Only the ratios matter (the sum is normalised): dividing by the largest weight keeps small weights
+    # from reading as "cancels out" and large ones from overflowing float32.
+    v = (vectors.astype(np.float64) * (weights / scale)[:, None]).sum(axis=0)
     n = float(np.linalg.norm(v))
     if not np.isfinite(n) or n < 1e-6:
         raise UsageError("the weighted query inputs cancel out (their sum is the zero vector); change the weights")
@@ -51,20 +57,17 @@ def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Call
         if inp.kind == "vector":
             out[i] = _unit(inp.value)
         elif inp.kind == "like":
-            item = storage.item_by_path(stored_abspath(inp.value))
-            if item is None or item.status != "ok":
-                raise UsageError(f"{inp.value}: --like needs a file that is indexed in this store (run `xsearch index` first)")
-            out[i] = _unit(storage.get_vectors([item.id])[0])
+            out[i] = _unit(storage.get_vectors([_like_item(inp.value, storage).id])[0])
         else:
             by_kind.setdefault(inp.kind, []).append(i)
+    for kind, idx in by_kind.items():  # before the model loads: a typo should not cost a model load
+        if kind != "text":
+            for i in idx:
+                _check_file(inputs[i].value, kind)
     if by_kind:
         embedder = get_embedder()
         for kind, idx in by_kind.items():
             values = [inputs[i].value for i in idx]
-            if kind != "text":
-                for v in values:
-                    if not os.path.isfile(v):
-                        raise UsageError(f"{v}: no such file (for --{kind})")
             vecs = embedder.embed(kind, values)
             for i, v in zip(idx, vecs):
                 out[i] = _unit(v)
@@ -72,6 +75,44 @@ def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Call
     if len(dims) > 1:
         raise UsageError(f"query vectors have different dimensions {sorted(dims)}")
     return np.stack(out)
+
+
+def _find_like(value: str, storage: Storage) -> Any:
+    """The item stored under ``value`` as given (a name from add_vectors), else as a file path; or None.
+
+    The same order as Store.remove, so "like" and "remove" agree on what a name means.
+    """
+    for key in dict.fromkeys((value, stored_abspath(value))):
+        item = storage.item_by_path(key)
+        if item is not None:
+            return item
+    return None
+
+
+def _like_item(value: str, storage: Storage) -> Any:
+    """The stored item a ``like`` input names; a UsageError saying why when there is none to use.
+
+    Worded without CLI flags: the Python and HTTP APIs raise the same messages.
+    """
+    item = _find_like(value, storage)
+    if item is None:
+        if os.path.isdir(value):
+            raise UsageError(f"like: {value} is a folder; name one indexed file in it")
+        raise UsageError(f"like: {value} is not indexed in this store; index it first, or search with the file itself")
+    if item.status != "ok":
+        raise UsageError(f"like: {value} failed to index ({item.error or 'no reason recorded'}); "
+                         "it has no vector: fix or replace the file and index it again")
+    return item
+
+
+def _check_file(path: str, kind: str) -> None:
+    """A query file must be a regular file: say which of the usual mistakes it is."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder, not a file ({kind} input); name one file in it")
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file ({kind} input)")
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: not a regular file ({kind} input)")
 
 
 def run_query(spec: QuerySpec, storage: Storage, get_embedder: Callable[[], Any]) -> list[Hit]:
@@ -85,7 +126,8 @@ def search_vector(q: np.ndarray, spec: QuerySpec, storage: Storage) -> list[Hit]
     """Top-k over the target modalities for one composed unit vector, filters applied."""
     counts = storage.counts()
     targets = [m for m in (spec.targets or counts) if counts.get(m)]
-    exclude = {stored_abspath(p) for p in spec.exclude}
+    # The like inputs' own items, as input_vectors resolved them (by name or by path).
+    exclude = {it.path for it in (_find_like(p, storage) for p in spec.exclude) if it is not None}
     folder = os.path.join(stored_abspath(spec.folder), "") if spec.folder else None
     # Excluded items and the score floor can remove candidates: ask for a few more.
     want = spec.k + len(exclude)

@@ -3,10 +3,16 @@
 Weights use one syntax for file paths and free text alike: ``VALUE@WEIGHT``,
 where WEIGHT is a number (negative subtracts): ``"dog.jpg@2"``, ``"sunny@-0.5"``.
 A value without a trailing ``@number`` has weight 1; a file that exists under
-its full name (``photo@2.jpg``, ``a@3``) is always taken literally.
+its full name (``photo@2.jpg``, ``a@3``) is always taken literally. A weight is 0
+or between ``MIN_WEIGHT`` and ``MAX_WEIGHT`` in size.
+
+Messages here are shared by the CLI, the Python API and the HTTP API, so they
+name inputs by kind (``like``, ``image``), never by a CLI flag.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -18,7 +24,15 @@ from xsearch.engine.modalities import MODALITIES
 from xsearch.errors import UsageError
 
 INPUT_MODALITIES = MODALITIES  # text, image, video, audio, depth, thermal, imu
-_WEIGHT = re.compile(r"^(?P<value>.*)@(?P<weight>[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)$", re.DOTALL)
+# nan and inf are matched too, so that "x@nan" is refused as a weight rather than searched for as text.
+_WEIGHT = re.compile(
+    r"^(?P<value>.*)@(?P<weight>[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|nan|inf(inity)?))$", re.DOTALL | re.IGNORECASE
+)
+# The query is the normalised weighted sum, so only ratios of weights matter, and float32 vectors cannot
+# resolve ratios much beyond 1e7: a weight outside this range is a typo or an overflow, not a wish.
+MIN_WEIGHT = 1e-6
+MAX_WEIGHT = 1e6
+_WEIGHT_RANGE = f"use 0 or a number from {MIN_WEIGHT:g} to {MAX_WEIGHT:g} in size (negative subtracts)"
 
 
 @dataclass
@@ -34,14 +48,33 @@ class QueryInput:
         return {"kind": self.kind, "value": value, "weight": self.weight}
 
 
+def check_weight(weight: Any, what: str, shown: str | None = None) -> float:
+    """``weight`` as a float, or a UsageError naming ``what`` (the input) and the weight as ``shown``."""
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        raise UsageError(f"{what}: the weight must be a number, not {weight!r}")
+    w = float(weight)
+    shown = shown if shown is not None else repr(weight)
+    if math.isnan(w):
+        raise UsageError(f"{what}: weight {shown} is not a number; {_WEIGHT_RANGE}")
+    if w != 0 and not MIN_WEIGHT <= abs(w) <= MAX_WEIGHT:  # inf included
+        raise UsageError(f"{what}: weight {shown} is out of range; {_WEIGHT_RANGE}")
+    return w
+
+
 def parse_weighted(raw: str, *, is_path: bool) -> tuple[str, float]:
-    """Split ``VALUE@WEIGHT`` into (value, weight)."""
+    """Split ``VALUE@WEIGHT`` into (value, weight); a weight out of range is a UsageError."""
     if is_path and os.path.exists(raw):
         return raw, 1.0
     m = _WEIGHT.match(raw)
     if not m or not m.group("value"):
         return raw, 1.0
-    return m.group("value"), float(m.group("weight"))
+    text = m.group("weight")
+    weight = float(text)
+    # "1e-400" parses to 0.0: a weight meant as non-zero (too small), not one that switches the input off.
+    if weight == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):
+        raise UsageError(f"{raw!r}: weight {text} is out of range; {_WEIGHT_RANGE}")
+    check_weight(weight, repr(raw), text)
+    return m.group("value"), weight
 
 
 def as_inputs(kind: str, values: Any) -> list[QueryInput]:
@@ -53,20 +86,50 @@ def as_inputs(kind: str, values: Any) -> list[QueryInput]:
     if values is None:
         return []
     if kind == "vector":
-        arr = np.asarray(values, dtype=np.float32)
+        try:
+            arr = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"vector: expected an array of numbers (one vector, or one per row), "
+                             f"not {type(values).__name__} ({e})") from None
+        if arr.ndim not in (1, 2) or arr.size == 0:
+            raise UsageError(f"vector: expected one vector or a 2-d array of them, not an array of shape {arr.shape}")
         rows = arr[None] if arr.ndim == 1 else arr
         return [QueryInput("vector", r) for r in rows]
-    if isinstance(values, (str, os.PathLike)) or (isinstance(values, tuple) and len(values) == 2 and isinstance(values[1], (int, float))):
+    if _is_one(values):
         values = [values]
+    elif not isinstance(values, (list, tuple)):
+        raise UsageError(f"{kind}: expected {_expected(kind)}, a (value, weight) pair, or a list of them; "
+                         f"not {values!r} ({type(values).__name__})")
     out = []
     for v in values:
-        if isinstance(v, tuple):
+        if isinstance(v, tuple) and len(v) == 2:
             value, weight = v
-            out.append(QueryInput(kind, os.fspath(value) if kind != "text" else value, float(weight)))
+            out.append(QueryInput(kind, _value(kind, value), check_weight(weight, f"{kind} input {value!r}")))
         else:
-            value, weight = parse_weighted(os.fspath(v), is_path=(kind != "text"))
+            value, weight = parse_weighted(_value(kind, v), is_path=(kind != "text"))
             out.append(QueryInput(kind, value, weight))
     return out
+
+
+def _is_one(values: Any) -> bool:
+    """One input (a value or a ``(value, weight)`` pair) rather than a list of them."""
+    if isinstance(values, (str, bytes, os.PathLike)):
+        return True
+    return isinstance(values, tuple) and len(values) == 2 and isinstance(values[1], numbers.Real) and not isinstance(values[1], bool)
+
+
+def _expected(kind: str) -> str:
+    return "a string" if kind == "text" else "a file path"
+
+
+def _value(kind: str, value: Any) -> str:
+    """A text or path input as a str; anything else is the caller's mistake, said plainly."""
+    if kind == "text":
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, (str, bytes, os.PathLike)):
+        return os.fsdecode(value)
+    raise UsageError(f"{kind}: expected {_expected(kind)} or a (value, weight) pair, not {value!r} ({type(value).__name__})")
 
 
 def parse_targets(target: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -98,10 +161,20 @@ class QuerySpec:
         return tuple(i.value for i in self.inputs if i.kind == "like")
 
     def validate(self) -> None:
+        """Raise a UsageError for a spec that cannot be run (no inputs, empty text, bad weights or k)."""
         if not self.inputs:
-            raise UsageError("give at least one query input (--text, --image, --audio, --video, --depth, --thermal, --imu, --like)")
-        if self.k < 1:
-            raise UsageError(f"-k must be at least 1, not {self.k}")
+            raise UsageError(f"give at least one query input: {', '.join(INPUT_MODALITIES)}, like or vector")
+        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral) or self.k < 1:
+            raise UsageError(f"k must be a whole number of at least 1, not {self.k!r}")
+        for i in self.inputs:
+            if i.kind == "vector":
+                continue
+            check_weight(i.weight, f"{i.kind} input {i.value!r}")
+            if not isinstance(i.value, str):
+                raise UsageError(f"{i.kind}: expected {_expected(i.kind)}, not {i.value!r} ({type(i.value).__name__})")
+            if not i.value.strip():
+                raise UsageError("empty text query: give some words to search for" if i.kind == "text"
+                                 else f"empty {i.kind} path: name a file")
         if all(i.weight == 0 for i in self.inputs):
             raise UsageError("every query input has weight 0")
 
