@@ -1,4 +1,4 @@
-"""Indexed folders: nesting, per-folder modality overrides, missing folders and `remove`.
+"""Indexed folders: nesting, per-folder modality overrides, missing and unreadable folders, `remove`.
 
 Each file belongs to the innermost indexed folder that holds it; that folder's ``--modality``
 decides how it is read, whatever folder a run starts from. Real files, SQLite, FAISS and the
@@ -6,13 +6,17 @@ tiny fixture model, through the Python API.
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import xsearch
+from tests.awkward import cli_env, xsearch_cmd
 from tests.corpus import write_depth_png, write_image
 
 
@@ -112,3 +116,45 @@ def test_own_vectors_by_name_and_indexed_files_are_protected(tree: Path, tmp_pat
         with pytest.raises(UsageError, match="indexed from"):
             store.add_vectors(vecs[:1], modality="audio", paths=[photo])
         assert store.storage.item_by_path(photo).modality == "image"
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix under which file permissions apply: root's override capabilities dropped."""
+    if os.geteuid() != 0:
+        return []
+    caps = "-dac_override,-dac_read_search"
+    assert shutil.which("setpriv"), "setpriv (util-linux) is needed to test permissions as root"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def _index(*args) -> subprocess.CompletedProcess:
+    cmd = _unprivileged() + xsearch_cmd() + ["index", *map(str, args), "--no-progress", "--json"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
+
+
+def test_unreadable_folder_and_file_keep_items_and_are_retried(tree: Path, tmp_path: Path, tiny_model: str) -> None:
+    store = tmp_path / "s"
+    photos, depth0 = tree / "photos", tree / "depth" / "d0.png"
+    depth0.chmod(0)  # a file that cannot be read: retried on every run although size and time stay
+    try:
+        first = _index(tree, "--store", store, "--model", tiny_model)
+        assert first.returncode == 1 and json.loads(first.stdout)["failed"] == 1, first.stderr
+        photos.chmod(0)  # an indexed folder that cannot be listed: its files are unknown, not deleted
+        rep = _index(tree, "--store", store)
+        assert rep.returncode == 1, rep.stderr
+        got = json.loads(rep.stdout)
+        assert got["removed"] == 0 and got["failed"] == 2
+        reasons = {e["path"]: e["reason"] for e in got["errors"]}
+        assert "cannot read folder (Permission denied)" in reasons[str(photos)]
+        assert "Permission denied" in reasons[str(depth0)]
+        with xsearch.open(store) as s:
+            assert len(s.storage.items(prefix=str(photos) + os.sep, status="ok")) == 3
+    finally:
+        photos.chmod(0o755)
+        depth0.chmod(0o644)
+    rep = _index(tree, "--store", store)
+    assert rep.returncode == 0, rep.stderr
+    got = json.loads(rep.stdout)
+    assert (got["embedded"], got["unchanged"], got["failed"]) == (1, 5, 0)  # only the file that failed
+    with xsearch.open(store) as s:
+        assert s.status()["counts"] == {"image": 6} and s.status()["errors"] == []

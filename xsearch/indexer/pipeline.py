@@ -75,6 +75,15 @@ class _Result:
     reuse: Any = None  # an Item whose vector this file can take
 
 
+# How a failure to open a file starts. Permissions change without touching size or time, so such failures
+# are tried again on every run rather than only when the file changes.
+_CANNOT_READ = "cannot read file "
+
+
+def _access_failure(item: Item) -> bool:
+    return item.status == "failed" and (item.error or "").startswith(_CANNOT_READ)
+
+
 def _owner(path: str, roots: Sequence[str]) -> str | None:
     """The innermost of ``roots`` that is ``path`` or a folder above it."""
     best = None
@@ -175,10 +184,13 @@ class Indexer:
             if single is not None:
                 stored[top] = single
             seen: set[str] = set()
+            unreadable: list[str] = []  # folders whose files are unknown this run: theirs are kept
             for entry in walk(fs_path(top)):
                 seen.add(entry.path)
                 root = _owner(entry.path, roots) or top
                 old = stored.get(entry.path)
+                if entry.folder:
+                    unreadable.append(os.path.join(entry.path, ""))
                 if entry.error is not None:
                     if old is not None and old.status == "failed" and old.error == entry.error:
                         report.failed += 1
@@ -190,7 +202,7 @@ class Indexer:
                     report.skipped += 1
                     continue
                 if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.modality == modality \
-                        and (old.status == "failed" or old.model == self.model_id):
+                        and (old.status == "failed" or old.model == self.model_id) and not _access_failure(old):
                     if old.root != root:
                         reroot.setdefault(root, []).append(old.id)
                     if old.status == "failed":
@@ -200,7 +212,7 @@ class Indexer:
                     continue
                 todo.append(_Task(entry, modality, root))
             for path, item in stored.items():
-                if path not in seen:
+                if path not in seen and not path.startswith(tuple(unreadable)):
                     gone[path] = item
         for root, ids in reroot.items():
             self.storage.set_root(ids, root)
@@ -249,7 +261,7 @@ class Indexer:
         except MediaError as e:
             res.error = e.reason
         except OSError as e:
-            res.error = f"cannot read file ({e.strerror or e})"
+            res.error = f"{_CANNOT_READ}({e.strerror or e})"
         except Exception as e:  # a decoder bug must not stop the run; record it
             res.error = f"could not decode as {modality}: {type(e).__name__}: {e}"
         return res

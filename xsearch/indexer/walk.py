@@ -16,6 +16,7 @@ class Entry:
     mtime_ns: int = 0
     error: str | None = None  # why the entry cannot be read (dangling symlink, permission...)
     fs: str | None = None  # the path to open, where it differs from `path` (a name that is not valid UTF-8)
+    folder: bool = False  # an unreadable folder (with `error`): what it holds is unknown this run
 
     @property
     def fspath(self) -> str:
@@ -57,15 +58,16 @@ def walk(root: str) -> Iterator[Entry]:
         folder = stack.pop()
         try:
             st = os.stat(folder)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        try:
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
             with os.scandir(folder) as it:
                 names = sorted(it, key=lambda d: d.name)
-        except OSError:
+        except OSError as e:
+            # Said, not skipped: the caller must not take the files it held for deleted.
+            shown = store_path(folder)
+            yield Entry(shown, error=f"cannot read folder ({e.strerror or e})", fs=None if shown == folder else folder,
+                        folder=True)
             continue
         subdirs = []
         for d in names:

@@ -34,7 +34,39 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class PathInTheWay(OSError):
+    """Something that is not ours (a non-empty directory, a file where the index folder belongs) sits where
+    a derived file goes; the message names it and says to move it away."""
+
+
+def check_index_dir(directory: Path) -> None:
+    """PathInTheWay when `directory` exists but is not a directory (mkdir would only say "File exists")."""
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise PathInTheWay(f"{directory}: a file sits where xsearch keeps its index folder; move it away "
+                           "(the indexes are rebuilt from the database), then run `xsearch doctor --repair`")
+
+
+def clear_for_file(path: Path) -> None:
+    """Make room for a derived file at `path`: a directory there (a stray mkdir, a bad copy) is removed
+    when empty; anything inside it might be someone's, so a non-empty one is PathInTheWay."""
+    if path.is_dir() and not path.is_symlink():
+        try:
+            path.rmdir()
+        except OSError as exc:
+            raise PathInTheWay(f"{path}: a directory sits where xsearch writes a derived index file and cannot be "
+                               f"removed ({exc.strerror}); move it away (nothing in it is xsearch's), then run "
+                               "`xsearch doctor --repair`") from exc
+
+
+def remove_derived(path: Path) -> None:
+    """Delete a derived file; an empty directory in its place goes too (PathInTheWay if not empty)."""
+    clear_for_file(path)
+    path.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, data: bytes | memoryview) -> None:
+    check_index_dir(path.parent)
+    clear_for_file(path)  # os.replace cannot put a file over a directory
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as fh:
