@@ -158,3 +158,16 @@ def test_unreadable_folder_and_file_keep_items_and_are_retried(tree: Path, tmp_p
     assert (got["embedded"], got["unchanged"], got["failed"]) == (1, 5, 0)  # only the file that failed
     with xsearch.open(store) as s:
         assert s.status()["counts"] == {"image": 6} and s.status()["errors"] == []
+
+
+def test_doctor_says_when_a_writer_is_at_work(tree: Path, tmp_path: Path, tiny_model: str) -> None:
+    from xsearch.storage.lock import writer_lock
+
+    with xsearch.open(tmp_path / "s", model=tiny_model) as store:
+        store.index(tree / "photos")
+        assert store.doctor()["ok"]
+        (tmp_path / "s" / "index" / "image.faiss").unlink()  # as a writer between commit and save
+        with writer_lock(tmp_path / "s"):
+            problems = store.doctor()["problems"]
+            assert problems[0]["kind"] == "busy" and f"pid {os.getpid()}" in problems[0]["detail"]
+        assert [p["kind"] for p in store.doctor()["problems"]] == ["store"]

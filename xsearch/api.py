@@ -22,7 +22,7 @@ from xsearch.pathnames import fs_path, stored_abspath
 from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
 from xsearch.query.spec import INPUT_MODALITIES
 from xsearch.storage import Storage
-from xsearch.storage.lock import writer_lock
+from xsearch.storage.lock import holder_pid, is_locked, writer_lock
 
 _INPUT_KINDS = INPUT_MODALITIES + ("like", "vector")
 
@@ -253,6 +253,12 @@ class Store:
         """Check the store: database integrity, store vs index agreement, half-written
         index files, files that vanished from disk. ``repair`` rebuilds the derived indexes."""
         problems = self._store_problems()
+        if problems and not self.storage.read_only and is_locked(self.path):
+            # A writer's index files trail its commits until it saves them: say so rather than alarm.
+            pid = holder_pid(self.path)
+            problems.insert(0, {"kind": "busy", "detail": f"{self.path}: an index run (pid {pid}) is writing to this "
+                                "store, so its index files may trail the database until it finishes; run "
+                                "`xsearch doctor` again then"})
         missing = [r for r in self.storage.roots() if not os.path.lexists(fs_path(r))]
         for r in missing:
             n = len(self.storage.items(prefix=os.path.join(r, ""))) + (self.storage.item_by_path(r) is not None)
