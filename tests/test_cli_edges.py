@@ -205,3 +205,24 @@ def test_missing_folder_is_reported_and_kept(tmp_path, tiny_model):
     doc = cli_json("doctor", "--store", store, code=1)
     assert [p["kind"] for p in doc["problems"]] == ["missing"]  # one line for the folder, not one per file
     assert "its 1 items are kept" in doc["problems"][0]["detail"]
+
+
+def test_null_separated_paths_are_the_names_on_disk(tmp_path, tiny_model):
+    import os
+    import subprocess
+
+    from tests.awkward import xsearch_cmd
+
+    media = tmp_path / "m"
+    media.mkdir()
+    names = [b"a\nb.png", b"caf\xe9.png", b"plain.png"]  # a newline, and bytes that are not UTF-8
+    for i, n in enumerate(names):
+        write_image(Path(os.fsdecode(os.path.join(os.fsencode(media), n))), i)
+    store = tmp_path / "store"
+    cli("index", media, "--store", store, "--model", tiny_model, "--no-progress")
+    proc = subprocess.run(xsearch_cmd() + ["query", "--text", "x", "-k", "10", "--null", "--store", str(store)],
+                          capture_output=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = proc.stdout.split(b"\0")
+    assert got[-1] == b"" and sorted(got[:-1]) == sorted(os.fsencode(media) + b"/" + n for n in names)
+    assert all(os.path.exists(p) for p in got[:-1])

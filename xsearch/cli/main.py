@@ -164,6 +164,7 @@ def query(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     as_json: bool = JsonOpt,
     paths_only: bool = typer.Option(False, "--paths", help="Print bare paths, one per line."),
+    null: bool = typer.Option(False, "--null", "-0", help="Print bare paths as they are on disk, each ended by a NUL byte (for xargs -0): safe for any file name."),
 ) -> None:
     """Search by any mix of inputs; weights as VALUE@WEIGHT (negative subtracts)."""
     from xsearch.query import QuerySpec, as_inputs, parse_targets
@@ -183,6 +184,12 @@ def query(
             hits = s.query(spec)
     if as_json:
         _emit_json({"query": spec.describe(), "results": [h.to_dict() for h in hits]})
+    elif null:
+        from xsearch.pathnames import fs_path
+
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"".join(os.fsencode(fs_path(h.path)) + b"\0" for h in hits))
+        sys.stdout.buffer.flush()
     elif paths_only:
         for h in hits:
             sys.stdout.write(h.path + "\n")

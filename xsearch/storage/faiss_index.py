@@ -1,7 +1,8 @@
 """One FAISS index per modality: inner product over L2-normalised vectors (= cosine).
 
 Small collections use an exact `IDMap2,Flat`; large ones an IVF-PQ index whose candidates are re-ranked
-exactly from the stored vectors. The index is derived data: it is always rebuildable from the database,
+exactly from the stored vectors, or, for low-dimensional vectors, an IVF index whose lists hold the
+vectors themselves (exact scores, no re-ranking). The index is derived data: it is always rebuildable from the database,
 and its configuration (a FAISS factory string plus the tuned parameters) is persisted in a JSON sidecar.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import faiss
 import numpy as np
 
 from xsearch.storage import vector_cache
-from xsearch.storage.files import atomic_write
+from xsearch.storage.files import atomic_write, check_index_dir, remove_derived
 from xsearch.storage.vector_cache import VectorCache
 from xsearch.storage.vectors import id_checksum
 
@@ -48,6 +49,12 @@ class IndexPolicy:
 
     flat_max: int = 50_000  # exact search up to this many vectors; IVF-PQ above
     ivf_factory: str = "IVF{nlist},PQ{m}x8"  # e.g. "OPQ{m},IVF{nlist},PQ{m}x8"
+    # Below this dimension the lists hold the vectors themselves ("IVF{nlist},Flat"): a D/8-byte PQ code
+    # of a small vector is too coarse (24-d Gaussian vectors: PQ3 tuned to recall@10 0.89 even
+    # re-ranking 400 candidates), while the vector itself is small (4*D bytes < 512 in memory, about
+    # what the PQ path keeps anyway in codes plus its 2*D-byte re-rank cache), scores are exact and
+    # recall depends on nprobe alone.
+    pq_min_dim: int = 128
     pq_bytes: int | None = None  # bytes per vector (PQ M); None: D/8 up to 128 (128 for D=1024)
     pq_train_per_centroid: int = 64  # PQ k-means sample (x256 centroids); FAISS's 256 costs 4x for ~nothing
     pq_train_iter: int = 10
@@ -119,12 +126,14 @@ class RWLock:
                 self._cond.notify_all()
 
 
-def plan_ivf(n: int, d: int, policy: IndexPolicy) -> tuple[int, int, str]:
-    """(nlist, M, factory) for `n` vectors of dimension `d`."""
+def plan_ivf(n: int, d: int, policy: IndexPolicy) -> tuple[int, int | None, str]:
+    """(nlist, M, factory) for `n` vectors of dimension `d`; M is None for IVF-Flat (d < policy.pq_min_dim)."""
     # ~4*sqrt(N) rounded down to a power of two: k-means and assignment cost grow with nlist, and the
     # nprobe tuning makes up for coarser lists.
     nlist = 2 ** int(math.log2(max(4 * math.sqrt(n), 1)))
     nlist = max(1, min(nlist, 2 ** int(math.log2(max(n // policy.min_train_per_list, 1)))))
+    if d < policy.pq_min_dim:
+        return nlist, None, f"IVF{nlist},Flat"
     # 8 dims per sub-quantizer (128 bytes at D=1024): measured on clustered 1024-d data, 200 candidates
     # re-ranked reach recall@10 0.98 with PQ128 but 0.86 with PQ64, and FAISS encodes dsub < 16 faster.
     # Fewer than 8 dims makes k-means training slow; more than 128 bytes buys little after re-ranking.
@@ -146,6 +155,11 @@ def _ivf_params(index: faiss.Index, nprobe: int, sel: faiss.IDSelector | None) -
     return params
 
 
+def ivf_kind(d: int, policy: IndexPolicy) -> str:
+    """The kind of IVF index vectors of dimension `d` get: "ivfflat" below policy.pq_min_dim, else "ivfpq"."""
+    return "ivfflat" if d < policy.pq_min_dim else "ivfpq"
+
+
 def _top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     order = np.lexsort((ids, -scores))[:k]  # best score first, ties by id so results are deterministic
     return [(int(ids[j]), float(scores[j])) for j in order]
@@ -158,7 +172,7 @@ class ModalityIndex:
     modality: str
     dim: int
     index: faiss.Index
-    kind: str  # "flat" | "ivfpq"
+    kind: str  # "flat" | "ivfpq" | "ivfflat"
     factory: str
     gen: int  # the database write counter ("gen:<modality>") this index reflects
     nlist: int | None = None
@@ -203,7 +217,8 @@ class ModalityIndex:
         if self.kind == "flat":
             return n > policy.flat_max
         trained = self.trained_on or 1
-        return n <= policy.flat_max // 2 or n > policy.retrain_growth * trained or n * policy.retrain_growth < trained
+        return (n <= policy.flat_max // 2 or n > policy.retrain_growth * trained or n * policy.retrain_growth < trained
+                or self.kind != ivf_kind(self.dim, policy))  # e.g. saved as IVF-PQ before low dims got IVF-Flat
 
     # -- mutation ----------------------------------------------------------------------------------------
     def add(self, ids: np.ndarray, x: np.ndarray, raw: np.ndarray | None = None) -> None:
@@ -259,7 +274,7 @@ class ModalityIndex:
                 scores, labels = gpu.search(queries, k)
             else:
                 scores, labels = self.index.search(queries, k, params=params)
-        return [[(int(i), float(s)) for i, s in zip(li, si) if i >= 0] for li, si in zip(labels, scores)]
+        return _hits(labels, scores)
 
     def _search_ivf(self, queries: np.ndarray, k: int, fetch: Fetch, *, ids: np.ndarray | None,
                     nprobe: int, rerank: int) -> Results:
@@ -269,31 +284,36 @@ class ModalityIndex:
             sel = faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))
             # Few allowed ids live in few lists: probe proportionally more lists to still find k of them.
             nprobe = min(nlist, math.ceil(nprobe * self.ntotal / max(len(ids), 1)))
-        # nprobe holds as the index grows (list membership does not change), but more vectors crowd
-        # into the codes' error band: re-rank proportionally more candidates than tuning needed.
-        growth = max(1.0, self.ntotal / self.trained_on) if self.trained_on else 1.0
-        kc = min(self.ntotal, math.ceil(max(k, TUNE_K) * rerank * growth))
-        if self.cache is not None:
-            fetch = _cache_first(self.cache, fetch)
-        labels = self._candidates(queries, kc, nprobe, sel)
-        results = _rerank(queries, labels, k, fetch)
+        if self.kind == "ivfflat":  # the lists hold the vectors: the index's scores are exact
+            def probe(q: np.ndarray, n_probe: int) -> Results:
+                return _hits(*self._candidates(q, min(self.ntotal, k), n_probe, sel))
+        else:
+            # nprobe holds as the index grows (list membership does not change), but more vectors crowd
+            # into the codes' error band: re-rank proportionally more candidates than tuning needed.
+            growth = max(1.0, self.ntotal / self.trained_on) if self.trained_on else 1.0
+            kc = min(self.ntotal, math.ceil(max(k, TUNE_K) * rerank * growth))
+            cache, fallback = self.cache, None
+            if cache is not None and cache.damaged is None:
+                fetch, fallback = _cache_first(cache, fetch), _after_damage(cache, fetch)
+
+            def probe(q: np.ndarray, n_probe: int) -> Results:
+                return _rerank(q, self._candidates(q, kc, n_probe, sel)[1], k, fetch, fallback=fallback)
+        results = probe(queries, nprobe)
         if ids is not None and nprobe < nlist:
             want = min(k, len(ids))
             short = [i for i, r in enumerate(results) if len(r) < want]
             if short:  # the allowed ids sit in lists we did not probe: look everywhere for those queries
-                labels = self._candidates(queries[short], kc, nlist, sel)
-                for i, r in zip(short, _rerank(queries[short], labels, k, fetch)):
+                for i, r in zip(short, probe(queries[short], nlist)):
                     results[i] = r
         return results
 
-    def _candidates(self, queries: np.ndarray, kc: int, nprobe: int, sel: faiss.IDSelector | None) -> np.ndarray:
+    def _candidates(self, queries: np.ndarray, kc: int, nprobe: int,
+                    sel: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
         gpu = self._gpu_index() if sel is None and nprobe == self.nprobe and kc <= 2048 else None
         with self.lock.read():
             if gpu is not None:
-                _, labels = gpu.search(queries, kc)
-            else:
-                _, labels = self.index.search(queries, kc, params=_ivf_params(self.index, nprobe, sel))
-        return labels
+                return gpu.search(queries, kc)
+            return self.index.search(queries, kc, params=_ivf_params(self.index, nprobe, sel))
 
     def _gpu_index(self) -> object | None:
         """A GPU copy for unrestricted searches when faiss was built with GPUs; None otherwise."""
@@ -349,6 +369,7 @@ class ModalityIndex:
             file_crc32=zlib.crc32(memoryview(data)),
             written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
+        check_index_dir(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cache = self.cache
         if cache is not None and cache.directory == directory:
@@ -364,13 +385,18 @@ class ModalityIndex:
         faiss_path, json_path = directory / f"{modality}.faiss", directory / f"{modality}.json"
         if not faiss_path.exists():
             raise IndexFileError(f"{faiss_path}: missing")
+        if not faiss_path.is_file():
+            raise IndexFileError(f"{faiss_path}: not a file (a directory or device sits where the index belongs)")
         try:
             info = json.loads(json_path.read_text())
         except (OSError, ValueError) as exc:
             raise IndexFileError(f"{json_path}: unreadable sidecar ({exc})") from exc
         if not isinstance(info, dict) or info.get("format") != SIDECAR_FORMAT or info.get("modality") != modality:
             raise IndexFileError(f"{json_path}: not a format-{SIDECAR_FORMAT} sidecar for {modality!r}")
-        raw = faiss_path.read_bytes()
+        try:
+            raw = faiss_path.read_bytes()
+        except OSError as exc:
+            raise IndexFileError(f"{faiss_path}: unreadable ({exc.strerror})") from exc
         if len(raw) != info.get("file_bytes") or zlib.crc32(raw) != info.get("file_crc32"):
             raise IndexFileError(f"{faiss_path}: size/checksum differ from {json_path.name} (half-written or damaged)")
         try:
@@ -403,7 +429,7 @@ class IndexFileError(Exception):
 
 def remove_files(directory: Path, modality: str) -> None:
     for suffix in (".faiss", ".json"):
-        (directory / f"{modality}{suffix}").unlink(missing_ok=True)
+        remove_derived(directory / f"{modality}{suffix}")
     vector_cache.remove_unused(directory, modality, keep=())
 
 
@@ -411,7 +437,8 @@ def remove_files(directory: Path, modality: str) -> None:
 def build(modality: str, source: VectorSource, gen: int, policy: IndexPolicy,
           cache_dir: Path | None = None) -> ModalityIndex:
     """A fresh index for every vector in `source`, of the type its size calls for. An IVF-PQ index
-    gets a re-rank cache (a copy of the stored vectors) written into `cache_dir`, when one is given."""
+    gets a re-rank cache (a copy of the stored vectors) written into `cache_dir`, when one is given; an
+    IVF-Flat index needs none (its scores are exact)."""
     ids = source.ids()
     n, d = len(ids), source.dim
     if n <= policy.flat_max:
@@ -421,6 +448,7 @@ def build(modality: str, source: VectorSource, gen: int, policy: IndexPolicy,
         return ModalityIndex(modality=modality, dim=d, index=index, kind="flat", factory=FLAT_FACTORY, gen=gen)
 
     nlist, m, factory = plan_ivf(n, d, policy)
+    kind = "ivfpq" if m else "ivfflat"
     rng = np.random.default_rng(policy.seed)
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
@@ -438,7 +466,7 @@ def build(modality: str, source: VectorSource, gen: int, policy: IndexPolicy,
     query_ids = np.sort(rng.choice(ids, min(policy.tune_queries, n), replace=False))
     query_ids, queries = source.fetch(query_ids)
     truth = _ExactTopK(queries, TUNE_K + 1)
-    cache = _new_cache(cache_dir, modality, source.dtype, d)
+    cache = _new_cache(cache_dir, modality, source.dtype, d) if kind == "ivfpq" else None
     for chunk_ids, x, raw in source.chunks(policy.chunk):
         index.add_with_ids(x, chunk_ids)
         truth.update(chunk_ids, x)
@@ -449,7 +477,7 @@ def build(modality: str, source: VectorSource, gen: int, policy: IndexPolicy,
                 log.warning("%s: no re-rank cache (%s); re-ranking reads the database", modality, exc)
                 cache = None
 
-    mi = ModalityIndex(modality=modality, dim=d, index=index, kind="ivfpq", factory=factory, gen=gen,
+    mi = ModalityIndex(modality=modality, dim=d, index=index, kind=kind, factory=factory, gen=gen,
                        nlist=nlist, m=m, trained_on=n, train_sample=n_train)
     mi.cache = cache
     mi.nprobe, mi.rerank, mi.tuned_recall = tune(mi, queries, query_ids, truth.ids(), source.fetch, policy)
@@ -467,28 +495,39 @@ def _new_cache(directory: Path | None, modality: str, dtype: str, dim: int) -> V
 
 
 def tune(mi: ModalityIndex, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray, fetch: Fetch,
-         policy: IndexPolicy) -> tuple[int, int, float]:
-    """Smallest nprobe whose recall@10 after re-ranking reaches the target, the query itself left out;
-    if even all lists fall short (codes too coarse), more candidates get re-ranked."""
+         policy: IndexPolicy) -> tuple[int, int | None, float]:
+    """(nprobe, rerank, recall): the smallest nprobe whose recall@10 (after re-ranking, for IVF-PQ) reaches
+    the target, the query itself left out; if even all lists fall short (PQ codes too coarse), more
+    candidates get re-ranked. Short of the target everywhere: the best setting tried, with a warning."""
     cached = _CachedFetch(fetch)
     neighbours = _drop_self(truth, query_ids, TUNE_K)
     nlist = mi.nlist or 1
     probes = sorted({min(2**i, nlist) for i in range(int(math.log2(nlist)) + 2)})
-    recall = 0.0
-    for rerank in (policy.rerank, policy.rerank * 3 // 2, 2 * policy.rerank, 3 * policy.rerank,
-                   4 * policy.rerank):
+    goal = policy.target_recall + policy.tune_margin
+    reranks: tuple[int | None, ...] = (None,) if mi.kind == "ivfflat" else (
+        policy.rerank, policy.rerank * 3 // 2, 2 * policy.rerank, 3 * policy.rerank, 4 * policy.rerank)
+    best: tuple[float, int, int | None] = (-1.0, nlist, reranks[-1])
+    for rerank in reranks:
         previous = -1.0
         for nprobe in probes:
-            found = mi._search_ivf(queries, TUNE_K + 1, cached, ids=None, nprobe=nprobe, rerank=rerank)
+            found = mi._search_ivf(queries, TUNE_K + 1, cached, ids=None, nprobe=nprobe, rerank=rerank or 1)
             got = _drop_self(np.array([[i for i, _ in r] + [-1] * (TUNE_K + 1 - len(r)) for r in found]),
                              query_ids, TUNE_K)
             recall = float(np.mean([len(set(a) & set(b)) / TUNE_K for a, b in zip(got, neighbours)]))
-            if recall >= policy.target_recall + policy.tune_margin:
+            if recall >= goal:
                 return nprobe, rerank, recall
-            if nprobe >= 64 and recall <= previous:  # plateau: the codes, not the lists, are the limit
+            if recall > best[0]:
+                best = (recall, nprobe, rerank)
+            # Plateau: the PQ codes, not the lists, are the limit (exact lists improve up to nprobe = nlist).
+            if rerank is not None and nprobe >= 64 and recall <= previous:
                 break
             previous = recall
-    return nlist, 4 * policy.rerank, recall
+    recall, nprobe, rerank = best
+    log.warning("%s index (%s, %d-d): recall@10 reaches only %.3f, short of the %.2f target, at nprobe %d%s; "
+                "searches miss about %.0f%% of the true top 10. An exact index (IndexPolicy.flat_max above %d) "
+                "or finer codes (IndexPolicy.pq_bytes) would find them", mi.modality, mi.factory, mi.dim, recall,
+                goal, nprobe, "" if rerank is None else f", {rerank}x re-ranked", 100 * (1 - recall), mi.ntotal)
+    return nprobe, rerank, recall
 
 
 def _drop_self(labels: np.ndarray, query_ids: np.ndarray, k: int) -> list[list[int]]:
@@ -537,18 +576,31 @@ class _CachedFetch:
         return np.array(found, dtype=np.int64), np.stack([self.rows[i] for i in found])
 
 
-def _rerank(queries: np.ndarray, labels: np.ndarray, k: int, fetch: Fetch, block: int = 16) -> Results:
+def _hits(labels: np.ndarray, scores: np.ndarray) -> Results:
+    """FAISS's (labels, scores) as results: no padding (-1), nothing non-finite (a NaN must never reach
+    JSON output; only damaged stored bytes could make one)."""
+    ok = (labels >= 0) & np.isfinite(scores)
+    return [[(int(i), float(s)) for i, s in zip(li[m], si[m])] for li, si, m in zip(labels, scores, ok)]
+
+
+def _rerank(queries: np.ndarray, labels: np.ndarray, k: int, fetch: Fetch, block: int = 16, *,
+            fallback: Fetch | None = None) -> Results:
     """Exact cosine for each query's candidates, from the stored vectors: one read and one matrix product
-    per block of queries (bounded memory for big batches; shared candidates are read once)."""
+    per block of queries (bounded memory for big batches; shared candidates are read once). Candidates
+    whose score is not finite (damaged bytes in the re-rank cache) are read again through `fallback`
+    (the database); any still not finite are dropped."""
     results: Results = []
     for start in range(0, len(queries), block):
         q_block, l_block = queries[start: start + block], labels[start: start + block]
         wanted = np.unique(l_block[l_block >= 0])
         found_ids, vecs = fetch(wanted) if len(wanted) else (np.zeros(0, np.int64), None)
+        if len(found_ids):
+            scores = vecs @ q_block.T  # (found, queries in block)
+            if not np.isfinite(scores).all():  # one pass over a few hundred scores: the healthy path's cost
+                found_ids, scores = _rescore(found_ids, scores, q_block, fallback)
         if not len(found_ids):
             results += [[] for _ in range(len(q_block))]
             continue
-        scores = vecs @ q_block.T  # (found, queries in block)
         order = np.argsort(found_ids, kind="stable")
         sorted_ids = found_ids[order]
         for j, row in enumerate(l_block):
@@ -557,6 +609,32 @@ def _rerank(queries: np.ndarray, labels: np.ndarray, k: int, fetch: Fetch, block
             ok = sorted_ids[pos] == cand  # a candidate removed since the index search is dropped
             results.append(_top_k(cand[ok], scores[order[pos[ok]], j], k) if ok.any() else [])
     return results
+
+
+def _rescore(ids: np.ndarray, scores: np.ndarray, queries: np.ndarray,
+             fallback: Fetch | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `scores` with a non-finite entry scored again from `fallback`'s vectors; rows still
+    non-finite (or no longer stored) are dropped."""
+    bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+    if fallback is not None:
+        again_ids, again = fallback(ids[bad])
+        if len(again_ids):
+            row_of = {int(ids[r]): r for r in bad}  # only the damaged rows: few
+            scores[[row_of[int(i)] for i in again_ids]] = again @ queries.T
+    keep = np.isfinite(scores).all(axis=1)
+    return ids[keep], scores[keep]
+
+
+def _after_damage(cache: VectorCache, fetch: Fetch) -> Fetch:
+    """The database's vectors for candidates the cache gave non-finite scores: the cache is damaged, so
+    this process stops using it (warning once); `doctor` finds every damaged row and --repair remakes it."""
+    def read(ids: np.ndarray, *, check_modality: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        if cache.damaged is None:
+            cache.damaged = "a stored vector reads back as NaN or infinity"
+            log.warning("%s: damaged re-rank cache (%s); re-ranking reads the database until "
+                        "`xsearch doctor --repair` rebuilds it", cache.data_path, cache.damaged)
+        return fetch(ids, check_modality=check_modality)
+    return read
 
 
 def _cache_first(cache: VectorCache, fetch: Fetch) -> Fetch:
@@ -579,7 +657,8 @@ def _exact_over(queries: np.ndarray, k: int, ids: np.ndarray, fetch: Fetch) -> R
     if not len(found_ids):
         return [[] for _ in range(len(queries))]
     scores = queries @ vecs.T
-    return [_top_k(found_ids, s, k) for s in scores]
+    ok = np.isfinite(scores)  # a damaged stored vector must not put a NaN into results
+    return [_top_k(found_ids[m], s[m], k) for s, m in zip(scores, ok)]
 
 
 _GPU_RES = None
