@@ -63,7 +63,13 @@ def test_marking_a_subfolder_later_reindexes_only_it(tree: Path, tmp_path: Path,
         write_depth_png(tree / "depth" / "more" / "d9.png", 9)
         rep = store.index(tree / "depth" / "more")
         assert rep.embedded == 1 and counts(store) == {"depth": 4, "image": 3}
-        assert str(tree / "depth" / "more") not in store.storage.roots()
+        assert str(tree / "depth" / "more") not in store.storage.roots()  # walked as part of the depth folder
+        # "auto" forgets a folder's setting: its files are detected (and embedded) again.
+        rep = store.index(tree / "depth" / "more", modality="auto")
+        assert rep.embedded == 1 and counts(store) == {"depth": 3, "image": 4}
+        assert store.storage.roots()[str(tree / "depth" / "more")] is None
+        rep = store.index(tree / "depth" / "more", modality="depth")
+        assert rep.embedded == 1 and counts(store) == {"depth": 4, "image": 3}
         # Forgetting the depth folder forgets its files, and the next plain run reads them as images again.
         assert store.remove(tree / "depth") == 4
         assert counts(store) == {"image": 3}

@@ -103,7 +103,8 @@ def index(
         None, "--modality",
         help="Index the given folders' files as this modality (remembered for each folder): depth, thermal or imu "
              "for frames and recordings that look like ordinary images or CSVs; image, audio, video or text to "
-             "take files with that modality's extensions as it, whatever their content looks like.",
+             "take files with that modality's extensions as it, whatever their content looks like; auto to "
+             "forget a folder's setting and detect each file again.",
     ),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,

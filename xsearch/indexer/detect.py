@@ -27,9 +27,14 @@ OVERRIDE_EXTENSIONS: dict[str, frozenset[str]] = {
 OVERRIDE_MODALITIES = tuple(OVERRIDE_EXTENSIONS)
 
 
+# The --modality value that clears a folder's remembered override: each file's modality is detected again.
+AUTO = "auto"
+
+
 def check_override(modality: str | None) -> str | None:
-    if modality is not None and modality not in OVERRIDE_MODALITIES and modality not in EXTENSIONS:
-        raise UsageError(f"--modality must be one of {', '.join(OVERRIDE_MODALITIES + tuple(EXTENSIONS))}, not {modality!r}")
+    choices = OVERRIDE_MODALITIES + tuple(EXTENSIONS) + (AUTO,)
+    if modality is not None and modality not in choices:
+        raise UsageError(f"--modality must be one of {', '.join(choices)}, not {modality!r}")
     return modality
 
 

@@ -31,7 +31,7 @@ import torch
 
 from xsearch.engine.preprocess.image import fast_decode as _fast_decode
 from xsearch.errors import MediaError
-from xsearch.indexer.detect import check_override, detect_modality
+from xsearch.indexer.detect import AUTO, check_override, detect_modality
 from xsearch.indexer.facts import media_facts
 from xsearch.indexer.hashing import content_hash
 from xsearch.indexer.progress import NoProgress, Progress
@@ -164,7 +164,7 @@ class Indexer:
                 raise UsageError(f"{store_path(root)}: no such file or folder")
             root = store_path(root)  # as stored (a folder name that is not valid UTF-8 is escaped)
             if modality is not None or _owner(root, known) is None:
-                self.storage.add_root(root, modality)
+                self.storage.add_root(root, None if modality == AUTO else modality)
             walk_paths.append(root)
         return _outermost(walk_paths)
 

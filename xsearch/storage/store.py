@@ -36,8 +36,8 @@ from xsearch.storage.db import items as T_items
 from xsearch.storage.db import meta as T_meta
 from xsearch.storage.db import roots as T_roots
 from xsearch.storage.db import vectors as T_vectors
-from xsearch.storage.faiss_index import IndexFileError, IndexPolicy, ModalityIndex, build, remove_files
-from xsearch.storage.files import abandoned_temp_files
+from xsearch.storage.faiss_index import IndexFileError, IndexPolicy, ModalityIndex, build, ivf_kind, remove_files
+from xsearch.storage.files import PathInTheWay, abandoned_temp_files, check_index_dir
 from xsearch.storage.records import FAILED, OK, Item, ItemRecord
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ INDEX_DIRNAME = "index"
 RESERVED_META = {migrations.SCHEMA_VERSION_KEY, "dim", "vector_dtype"}
 _MODALITY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # it names the index files
 _IN_CHUNK = 900  # ids per IN (...) list: under SQLite's oldest variable limit (999)
+_CHECK_ROWS = 8_192  # stored vectors compared with the re-rank cache at a time (16 MB at 1024-d float16)
 
 _ITEM_COLUMNS = (
     T_items.c.id, T_items.c.path, T_items.c.modality, T_items.c.size, T_items.c.mtime_ns, T_items.c.content_hash,
@@ -352,12 +353,16 @@ class Storage:
         """Persist changed indexes (each file written to a temp name, fsynced, then renamed into place)."""
         self._check_writable()
         with self._mutex:
+            if any(mi.dirty for mi in self._indexes.values()):
+                self._check_index_dir()
             for tmp in abandoned_temp_files(self.index_dir):
                 tmp.unlink(missing_ok=True)
             for modality, mi in list(self._indexes.items()):
                 if mi.dirty:
                     try:
                         mi.save(self.index_dir)
+                    except PathInTheWay as exc:
+                        raise StoreError(str(exc)) from exc
                     except OSError as exc:
                         raise StoreError(f"{self.index_dir / modality}.faiss: cannot write the index "
                                          f"({exc.strerror}); check free disk space and permissions") from exc
@@ -440,16 +445,27 @@ class Storage:
         self._check_open()
         with self._mutex:
             targets = [modality] if modality else sorted(set(self._modalities()) | self._index_files())
+            if not self.read_only:
+                self._check_index_dir()  # before a build that may take minutes
             for m in targets:
                 mi = self._build(m)
                 if mi is None:
                     self._indexes.pop(m, None)
                     if not self.read_only:
-                        remove_files(self.index_dir, m)
+                        try:
+                            remove_files(self.index_dir, m)
+                        except PathInTheWay as exc:
+                            raise StoreError(str(exc)) from exc
                 else:
                     self._indexes[m] = mi
             if not self.read_only:
                 self.flush()
+
+    def _check_index_dir(self) -> None:
+        try:
+            check_index_dir(self.index_dir)
+        except PathInTheWay as exc:
+            raise StoreError(str(exc)) from exc
 
     def check(self) -> list[str]:
         """Problems found: database integrity, vectors vs items, index files vs the database."""
@@ -475,6 +491,10 @@ class Storage:
         fix = "rebuild it from the database with `xsearch doctor --repair` (Storage.rebuild_indexes)"
         problems += [f"{p}: left by an index save that was killed; `xsearch doctor --repair` or the next "
                      "`xsearch index` deletes it" for p in abandoned_temp_files(self.index_dir)]
+        try:
+            check_index_dir(self.index_dir)
+        except PathInTheWay as exc:
+            problems.append(str(exc))  # every index then reads as missing: say why, once
         for m in sorted(set(mods) | self._index_files()):
             want = db_ids.get(m, np.zeros(0, np.int64))
             mem = self._indexes.get(m)
@@ -492,6 +512,10 @@ class Storage:
                 if self._format and fi.dim != self._format[0]:
                     problems.append(f"{where}: holds {fi.dim}-d vectors, the store {self._format[0]}-d; {fix}")
                     continue
+                planned = ivf_kind(fi.dim, self.policy)
+                if fi.kind != "flat" and fi.kind != planned:  # saved by a version that chose otherwise
+                    better = "IVF-Flat (exact scores)" if planned == "ivfflat" else "IVF-PQ"
+                    problems.append(f"{where}: built as {fi.factory}, but {fi.dim}-d vectors now get {better}; {fix}")
                 problems += [f"{p}; {fix}" for p in self._cache_problems(fi, have)]
             if not np.array_equal(have, want):
                 missing = len(np.setdiff1d(want, have, assume_unique=True))
@@ -503,8 +527,9 @@ class Storage:
                                 f"(stale vectors); {fix}")
         return problems
 
-    def _cache_problems(self, mi: ModalityIndex, index_ids: np.ndarray, sample: int = 64) -> list[str]:
-        """The re-rank cache must hold exactly the index's ids, with the database's bytes (checked on a sample)."""
+    def _cache_problems(self, mi: ModalityIndex, index_ids: np.ndarray) -> list[str]:
+        """The re-rank cache must hold exactly the index's ids, each row with the database's bytes. Every
+        row is compared (one flipped byte changes results), streamed in chunks: memory stays bounded."""
         if mi.cache_problem:
             return [mi.cache_problem]
         cache = mi.cache
@@ -514,14 +539,18 @@ class Storage:
             return []
         if not np.array_equal(cache.ids, index_ids):
             return [f"{cache.data_path}: re-rank cache holds other ids than the {mi.modality} index"]
-        picked = np.random.default_rng(0).choice(index_ids, min(sample, len(index_ids)), replace=False)
-        cached = cache.raw(picked)
+        query = (sa.select(T_vectors.c.item_id, T_vectors.c.data)
+                 .join(T_items, T_items.c.id == T_vectors.c.item_id)
+                 .where(T_items.c.modality == mi.modality).order_by(T_vectors.c.item_id)
+                 .execution_options(yield_per=_CHECK_ROWS))
+        differ = 0
         with self._connect() as conn:
-            stored = dict(conn.execute(sa.select(T_vectors.c.item_id, T_vectors.c.data)
-                                       .where(T_vectors.c.item_id.in_(picked.tolist()))).all())
-        differ = sum(1 for i, b in cached.items() if stored.get(i) != b)
+            for part in conn.execute(query).partitions(_CHECK_ROWS):
+                ids = np.fromiter((r[0] for r in part), dtype=np.int64, count=len(part))
+                differ += cache.differing(ids, [r[1] for r in part])
         if differ:
-            return [f"{cache.data_path}: {differ} of {len(picked)} sampled vectors differ from the database"]
+            return [f"{cache.data_path}: {differ} of {len(cache)} vectors differ from the database "
+                    "(the re-rank cache is damaged and gives wrong scores)"]
         return []
 
     # -- internals: indexes ----------------------------------------------------------------------------------

@@ -16,6 +16,10 @@ The index sidecar names both, the rows that were fsynced before it was written, 
 Rows past that count (a writer killed mid-append) are ignored, and overwritten by the next append.
 A row is never rewritten in place: a changed vector is appended and the map points to the new row, so
 other processes reading an older map through their own mapping always see the bytes they expect.
+
+The rows carry no checksum (checking them per query would cost more than the cache saves): re-ranking
+treats a non-finite score as damage and reads the database instead, and ``doctor`` compares every row
+with the database (``differing``).
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class VectorCache:
         self.dtype, self.dim = dtype, dim
         self.rowbytes = dim * vec.DTYPES[dtype].itemsize
         self.nrows = nrows  # rows in the data file that belong to this cache (later bytes are garbage)
+        self.damaged: str | None = None  # why searches stopped using it (set when damage shows at query time)
         self._write_lock = threading.Lock()
         # (sorted ids, their rows, a mapping covering every referenced row): swapped whole, so a reader
         # never sees ids without their rows or rows beyond its mapping.
@@ -187,7 +192,27 @@ class VectorCache:
         if not len(found):
             return found, np.zeros((0, self.dim), np.float32), want[~hit]
         picked = mm[rows[pos[hit]]]  # one copy of just these rows out of the mapping
-        return found, vec.decode_rows(picked, len(found), self.dtype, self.dim), want[~hit]
+        with np.errstate(invalid="ignore", divide="ignore"):  # a zeroed (damaged) row: NaN, caught by the caller
+            x = vec.decode_rows(picked, len(found), self.dtype, self.dim)
+        return found, x, want[~hit]
+
+    def differing(self, ids: np.ndarray, blobs: list[bytes]) -> int:
+        """How many of these ids' rows differ from `blobs`, their bytes in the database; ids the cache does
+        not hold are not counted (comparing the id sets is a separate check)."""
+        have, rows, mm = self._state
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(have) or not len(ids):
+            return 0
+        pos = np.minimum(np.searchsorted(have, ids), len(have) - 1)
+        hit = have[pos] == ids
+        cached = mm[rows[pos[hit]]]  # (hits, rowbytes), a copy of just these rows
+        stored = [b for b, h in zip(blobs, hit.tolist()) if h]
+        joined = b"".join(stored)
+        if len(joined) == cached.size and all(len(b) == self.rowbytes for b in stored):
+            if joined == cached.tobytes():  # the common case: one comparison for the whole chunk
+                return 0
+            return int(np.count_nonzero((cached != np.frombuffer(joined, np.uint8).reshape(cached.shape)).any(axis=1)))
+        return sum(1 for row, b in zip(cached, stored) if row.tobytes() != b)  # rows of the wrong length
 
     def raw(self, ids: np.ndarray) -> dict[int, bytes]:
         """Stored bytes by id, for the ids the cache holds (consistency checks)."""
