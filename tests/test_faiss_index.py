@@ -48,7 +48,7 @@ def recall(got: list[list[tuple[int, float]]], truth: list[list[tuple[int, float
 @pytest.fixture(scope="module")
 def ivf_store(tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("ivf")
-    policy = IndexPolicy(flat_max=5_000)
+    policy = IndexPolicy(flat_max=5_000, pq_min_dim=0)  # IVF-PQ at 64-d: the 1024-d path, quicker to test
     store = Storage(directory, policy=policy)
     x = clustered(N_IVF, seed=1)
     ids = []
@@ -66,8 +66,9 @@ def test_plan_ivf_follows_size_and_dimension():
     assert nlist == 2048 and m == 128 and factory == "IVF2048,PQ128x8"  # 4*sqrt(N) = 4000, rounded down
     nlist, m, _ = plan_ivf(100_000, 1024, policy)
     assert nlist == 1024 and m == 128
+    assert plan_ivf(100_000, 128, policy)[1:] == (16, "IVF1024,PQ16x8")
     for n in (2_000, 60_000, 300_000):
-        nlist, m, _ = plan_ivf(n, 96, policy)
+        nlist, m, _ = plan_ivf(n, 96, IndexPolicy(pq_min_dim=0))  # PQ asked for at any dimension
         assert nlist & (nlist - 1) == 0 and n / nlist >= 39  # power of two, enough points per centroid
         assert 2 * math.sqrt(n) < nlist <= 4 * math.sqrt(n) or n / (2 * nlist) < 39
         assert 96 % m == 0
@@ -146,7 +147,7 @@ def test_flat_matches_brute_force_and_restricts(tmp_path):
 
 
 def test_switches_type_retrains_on_growth_and_removes(tmp_path):
-    policy = IndexPolicy(flat_max=1_000, retrain_growth=2.0, tune_queries=50)
+    policy = IndexPolicy(flat_max=1_000, retrain_growth=2.0, tune_queries=50, pq_min_dim=0)
     with Storage(tmp_path, policy=policy) as store:
         x = clustered(5_000, seed=4, dim=32, centers=20)
         paths = [f"/v/{i}.mp4" for i in range(5_000)]
@@ -166,3 +167,66 @@ def test_switches_type_retrains_on_growth_and_removes(tmp_path):
         store.remove(ids[100:4_700])  # shrinks below flat_max/2: back to exact search
         assert store.index_info()["video"] == {**store.index_info()["video"], "type": "flat", "ntotal": 300}
         assert store.check() == []
+
+
+def gaussian(n: int, dim: int, seed: int) -> np.ndarray:
+    """Isotropic unit vectors: no clusters, the hardest case for coarse codes (bring-your-own, tiny models)."""
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_low_dimensional_vectors_get_ivf_flat_exact_scores_and_no_cache(tmp_path):
+    policy = IndexPolicy(flat_max=2_000)
+    x = gaussian(20_000, 24, seed=1)  # 24-d like the tiny test model: PQ3 codes tuned to recall 0.89
+    with Storage(tmp_path, policy=policy) as store:
+        ids = np.array(store.add_vectors(x, modality="image", paths=[f"/v/{i}" for i in range(len(x))]))
+        info = store.index_info()["image"]
+        assert info["type"] == "ivfflat" and info["factory"] == f"IVF{info['nlist']},Flat"
+        assert info["m"] is None and info["rerank"] is None and info["rerank_cache_bytes"] is None
+        assert info["tuned_recall"] >= 0.97
+        queries = gaussian(100, 24, seed=2)
+        got = store.search("image", queries, 10)
+        truth = brute_force(store, ids, queries, 10)
+        assert recall(got, truth) >= 0.95
+        for g, t in zip(got, truth):  # the index's own scores are exact cosines
+            exact = dict(t)
+            assert all(s == pytest.approx(exact[i], abs=1e-5) for i, s in g if i in exact)
+        many = np.sort(np.random.default_rng(3).choice(ids, 5_000, replace=False))  # IDSelector inside IVF
+        restricted = store.search("image", queries, 10, ids=many)
+        assert all(len(r) == 10 and {i for i, _ in r} <= set(many.tolist()) for r in restricted)
+        assert store.check() == []  # no "no re-rank cache" problem: IVF-Flat needs none
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == ["image.faiss", "image.json"]
+    sidecar = json.loads((tmp_path / "index" / "image.json").read_text())
+    assert sidecar["type"] == "ivfflat" and "cache" not in sidecar
+    with Storage(tmp_path, read_only=True, policy=policy) as again:
+        assert again.index_info()["image"]["flushed"] and again.search("image", queries, 10) == got
+    assert plan_ivf(1_000_000, 1024, IndexPolicy())[2] == "IVF2048,PQ128x8"  # 1024-d keeps IVF-PQ
+
+
+def test_the_tuner_warns_and_records_a_recall_short_of_its_target(tmp_path, caplog):
+    policy = IndexPolicy(flat_max=1_000, tune_queries=50, pq_min_dim=0, pq_bytes=1)  # 1-byte codes: hopeless
+    with Storage(tmp_path, policy=policy) as store, caplog.at_level("WARNING", logger="xsearch.storage"):
+        store.add_vectors(gaussian(4_000, 32, seed=4), modality="image", paths=[f"/v/{i}" for i in range(4_000)])
+        info = store.index_info()["image"]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "short of the 0.97 target" in warning and f"{info['tuned_recall']:.3f}" in warning
+    assert info["tuned_recall"] < 0.97
+    sidecar = json.loads((tmp_path / "index" / "image.json").read_text())
+    assert (sidecar["tuned_recall"], sidecar["nprobe"], sidecar["rerank"]) == (
+        info["tuned_recall"], info["nprobe"], info["rerank"])
+
+
+def test_an_ivf_pq_index_of_low_dimensional_vectors_becomes_ivf_flat(tmp_path):
+    x = gaussian(3_000, 24, seed=5)
+    with Storage(tmp_path, policy=IndexPolicy(flat_max=1_000, tune_queries=50, pq_min_dim=0)) as old:
+        old.add_vectors(x, modality="image", paths=[f"/v/{i}" for i in range(len(x))])  # as saved before
+        assert old.index_info()["image"]["type"] == "ivfpq"
+    policy = IndexPolicy(flat_max=1_000, tune_queries=50)
+    with Storage(tmp_path, read_only=True, policy=policy) as s:
+        assert any("built as IVF" in p and "PQ3x8" in p and "IVF-Flat" in p and "doctor --repair" in p
+                   for p in s.check())
+    with Storage(tmp_path, policy=policy) as s:  # a writer rebuilds it on first use and saves it
+        assert s.index_info()["image"]["type"] == "ivfflat"
+    with Storage(tmp_path, read_only=True, policy=policy) as s:
+        assert s.check() == [] and s.index_info()["image"]["flushed"]
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == ["image.faiss", "image.json"]

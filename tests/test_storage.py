@@ -202,10 +202,12 @@ def test_unflushed_or_foreign_writes_are_rebuilt_from_the_database(tmp_path):
         assert s.check() == []
 
 
-@pytest.mark.parametrize("flat_max", [100_000, 300], ids=["flat", "ivfpq-retrained-meanwhile"])
-def test_reader_threads_while_a_writer_adds_batches(tmp_path, flat_max):
+@pytest.mark.parametrize("flat_max, pq_min_dim, kind",
+                         [(100_000, 128, "flat"), (300, 0, "ivfpq"), (300, 128, "ivfflat")],
+                         ids=["flat", "ivfpq-retrained-meanwhile", "ivfflat-retrained-meanwhile"])
+def test_reader_threads_while_a_writer_adds_batches(tmp_path, flat_max, pq_min_dim, kind):
     x = unit(1_200, seed=7)
-    policy = IndexPolicy(flat_max=flat_max, retrain_growth=2.0, tune_queries=50)
+    policy = IndexPolicy(flat_max=flat_max, retrain_growth=2.0, tune_queries=50, pq_min_dim=pq_min_dim)
     store = Storage(tmp_path, policy=policy)
     first = store.add_vectors(x[:100], modality="image", paths=[f"/t/{i}" for i in range(100)])
     store.flush()
@@ -268,8 +270,7 @@ def test_reader_threads_while_a_writer_adds_batches(tmp_path, flat_max):
     assert not errors, errors
     assert min(rounds) >= 11  # every reader ran between every pair of batches
     assert store.counts() == {"image": 1_190} and store.check() == []
-    if flat_max < 1_000:
-        assert store.index_info()["image"]["type"] == "ivfpq"
+    assert store.index_info()["image"]["type"] == kind
     store.close()
 
 
@@ -348,3 +349,70 @@ def test_read_only_refuses_writes(tmp_path):
             with pytest.raises(StoreError, match="read-only"):
                 write()
         assert s.counts() == {"image": 3}
+
+
+def test_a_directory_where_an_index_file_belongs_is_reported_and_replaced(tmp_path):
+    x = unit(20, seed=10)
+    with Storage(tmp_path) as s:
+        ids = s.add_vectors(x, modality="image", paths=[f"/d/{i}" for i in range(20)])
+    image = tmp_path / "index" / "image.faiss"
+    image.unlink()
+    image.mkdir()  # empty: nobody's data, so repair may remove it
+    with Storage(tmp_path, read_only=True) as s:  # query, status and doctor work meanwhile
+        assert ids_of(s.search("image", x[3], 1)[0]) == [ids[3]]
+        assert s.index_info()["image"]["ntotal"] == 20
+        assert any(f"{image}: not a file" in p and "doctor --repair" in p for p in s.check())
+    with Storage(tmp_path) as s:
+        s.rebuild_indexes()
+        assert s.check() == [] and image.is_file()
+    image.unlink()
+    image.mkdir()
+    (image / "notes.txt").write_text("someone's")  # not empty: never deleted
+    with Storage(tmp_path) as s:
+        with pytest.raises(StoreError, match=rf"{image}: a directory .* move it away"):
+            s.rebuild_indexes()
+        assert ids_of(s.search("image", x[4], 1)[0]) == [ids[4]]
+        (image / "notes.txt").unlink()
+        image.rmdir()  # moved away: the next save writes the index
+    with Storage(tmp_path, read_only=True) as s:
+        assert s.check() == []
+
+
+def test_a_file_where_the_index_folder_belongs_is_reported_with_what_to_do(tmp_path):
+    x = unit(20, seed=11)
+    with Storage(tmp_path) as s:
+        ids = s.add_vectors(x, modality="image", paths=[f"/d/{i}" for i in range(20)])
+    index = tmp_path / "index"
+    for p in index.iterdir():
+        p.unlink()
+    index.rmdir()
+    index.write_text("not a folder")
+    with Storage(tmp_path, read_only=True) as s:
+        assert ids_of(s.search("image", x[5], 1)[0]) == [ids[5]]
+        (problem,) = s.check()  # one problem, not one "missing" per modality
+        assert problem.startswith(f"{index}: a file sits where xsearch keeps its index folder; move it away")
+    s = Storage(tmp_path)
+    with pytest.raises(StoreError, match=rf"{index}: a file sits where xsearch keeps its index folder; move it away"):
+        s.rebuild_indexes()
+    assert index.read_text() == "not a folder"
+    index.unlink()
+    s.rebuild_indexes()
+    s.close()
+    with Storage(tmp_path, read_only=True) as s:
+        assert s.check() == []
+
+
+def test_a_reader_says_when_nobody_will_save_its_rebuild(tmp_path, caplog):
+    from xsearch.storage.lock import writer_lock
+
+    policy = IndexPolicy(flat_max=200, tune_queries=50)
+    x = unit(600, seed=11)
+    with Storage(tmp_path, policy=policy) as s:
+        s.add_vectors(x, modality="image", paths=[f"/c/{i}.jpg" for i in range(600)])
+    (tmp_path / "index" / "image.faiss").unlink()  # as a writer killed between its commit and its save
+    with Storage(tmp_path, read_only=True, policy=policy) as s, writer_lock(tmp_path):
+        s.search("image", x[0], 1)
+    assert not [r for r in caplog.records if "no index run is writing" in r.message]  # the writer will save it
+    with Storage(tmp_path, read_only=True, policy=policy) as s:
+        assert ids_of(s.search("image", x[0], 1)[0]) == [1]
+    assert [r for r in caplog.records if "no index run is writing" in r.message and "doctor --repair" in r.message]

@@ -17,7 +17,7 @@ from xsearch.storage.faiss_index import ModalityIndex
 from tests.test_faiss_index import clustered, recall
 
 N = 3_000
-POLICY = IndexPolicy(flat_max=1_000, tune_queries=50)
+POLICY = IndexPolicy(flat_max=1_000, tune_queries=50, pq_min_dim=0)  # IVF-PQ (with a cache) at 64-d
 
 
 def paths(start: int, n: int) -> list[str]:
@@ -192,7 +192,7 @@ def test_a_read_only_store_rebuilds_in_memory_without_writing_a_cache(store, tmp
 
 
 def test_retraining_replaces_the_cache_files(tmp_path):
-    policy = IndexPolicy(flat_max=1_000, retrain_growth=2.0, tune_queries=50)
+    policy = IndexPolicy(flat_max=1_000, retrain_growth=2.0, tune_queries=50, pq_min_dim=0)
     with Storage(tmp_path, policy=policy) as s:
         s.add_vectors(clustered(1_500, seed=1), modality="image", paths=paths(0, 1_500))
         s.flush()
@@ -212,7 +212,7 @@ import sys
 import numpy as np
 from xsearch.storage import IndexPolicy, Storage
 from tests.test_faiss_index import clustered
-store = Storage(sys.argv[1], policy=IndexPolicy(flat_max=1_000, tune_queries=50))
+store = Storage(sys.argv[1], policy=IndexPolicy(flat_max=1_000, tune_queries=50, pq_min_dim=0))
 start = int(sys.argv[2])
 for b in range(1_000):
     n = start + b * 200
@@ -262,3 +262,75 @@ def test_sigkill_while_writing_leaves_a_cache_the_next_writer_continues(tmp_path
             queries = clustered(10, seed=attempt + 100)
             assert s.search("image", queries, 10) == without_cache(s, queries)
     assert len(cache_files(store)) == 2
+
+
+def data_file(directory: Path) -> Path:
+    return directory / "index" / json.loads((directory / "index" / "image.json").read_text())["cache"]["data"]
+
+
+def same_hits(got: list, truth: list) -> None:
+    """Same ids in the same order, scores equal up to float rounding (matmul shapes differ)."""
+    assert [[i for i, _ in g] for g in got] == [[i for i, _ in t] for t in truth]
+    assert np.allclose([[s for _, s in g] for g in got], [[s for _, s in t] for t in truth], atol=1e-6)
+
+
+def test_one_flipped_byte_anywhere_in_the_cache_is_found_and_repaired(store, tmp_path):
+    store.close()
+    data = data_file(tmp_path)
+    raw = bytearray(data.read_bytes())
+    row = 2_345  # any row: doctor compares every one, not a sample
+    raw[row * 128 + 1] ^= 0x40  # the sign/exponent byte of the row's first float16
+    data.write_bytes(bytes(raw))
+    with Storage(tmp_path, read_only=True, policy=POLICY) as s:
+        (problem,) = s.check()
+        assert f"{data}: 1 of {N} vectors differ from the database" in problem and "doctor --repair" in problem
+    with Storage(tmp_path, policy=POLICY) as s:
+        s.rebuild_indexes()  # what `xsearch doctor --repair` does when check() reports a problem
+        assert s.check() == [] and not data.exists()
+        cache_matches_database(s, tmp_path)
+
+
+@pytest.mark.parametrize("fill", [0x00, 0xFF], ids=["zeroed", "0xff-filled"])
+def test_damaged_cache_rows_are_re_ranked_from_the_database_with_one_warning(store, tmp_path, caplog, fill):
+    queries = clustered(40, seed=16)
+    truth = without_cache(store, queries)
+    store.close()
+    data = data_file(tmp_path)
+    size = data.stat().st_size
+    data.write_bytes(bytes([fill]) * (size // 2) + data.read_bytes()[size // 2:])  # the first half of the rows
+    with Storage(tmp_path, read_only=True, policy=POLICY) as s:
+        with caplog.at_level("WARNING", logger="xsearch.storage"):
+            got = s.search("image", queries, 10)  # candidates from both halves in one search
+            again = s.search("image", queries[:5], 10)
+        same_hits(got, truth)
+        same_hits(again, truth[:5])
+        json.dumps([[s for _, s in r] for r in got], allow_nan=False)  # `query --json` stays valid JSON
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert str(data) in warning and "xsearch doctor --repair" in warning
+        assert any("differ from the database" in p for p in s.check())
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # decoding the zeroed database row
+def test_a_vector_damaged_in_the_database_too_never_gives_a_nan_score(store, tmp_path):
+    all_ids = store.ids_matching(modality="image")
+    victim = int(all_ids[7])
+    query = store.get_vectors([victim])  # its own vector: it is sure to be a candidate
+    store.close()
+    con = sqlite3.connect(tmp_path / "xsearch.db")
+    with con:
+        con.execute("UPDATE vectors SET data = zeroblob(128) WHERE item_id = ?", (victim,))
+    con.close()
+    mi = ModalityIndex.load(tmp_path / "index", "image")
+    row = int(mi.cache._state[1][np.searchsorted(mi.cache.ids, victim)])
+    del mi
+    with open(data_file(tmp_path), "r+b") as fh:
+        fh.seek(row * 128)
+        fh.write(bytes(128))
+    with Storage(tmp_path, read_only=True, policy=POLICY) as s:
+        (everything,) = s.search("image", query, N)  # k = N: every candidate comes back, the victim too
+        few = all_ids[5:10]
+        (exact,) = s.search("image", query, 10, ids=few)  # a few ids: scored exactly from the database
+    for hits in (everything, exact):
+        assert victim not in [i for i, _ in hits] and all(np.isfinite(score) for _, score in hits)
+    assert sorted(i for i, _ in exact) == sorted(set(few.tolist()) - {victim})
+    assert len(everything) > 100

@@ -1,9 +1,10 @@
 """One FAISS index per modality: inner product over L2-normalised vectors (= cosine).
 
 Small collections use an exact `IDMap2,Flat`; large ones an IVF-PQ index whose candidates are re-ranked
-exactly from the stored vectors, or, for low-dimensional vectors, an IVF index whose lists hold the
-vectors themselves (exact scores, no re-ranking). The index is derived data: it is always rebuildable from the database,
-and its configuration (a FAISS factory string plus the tuned parameters) is persisted in a JSON sidecar.
+exactly from the stored vectors, or, for low-dimensional vectors, an IVF-Flat index whose lists hold the
+vectors themselves (exact scores, no re-ranking). The index is derived data: it is always rebuildable from
+the database, and its configuration (a FAISS factory string plus the tuned parameters) is persisted in a
+JSON sidecar.
 """
 from __future__ import annotations
 
@@ -47,13 +48,13 @@ Results = list[list[tuple[int, float]]]
 class IndexPolicy:
     """How indexes are chosen, trained and searched. Tests shrink `flat_max` to reach IVF-PQ quickly."""
 
-    flat_max: int = 50_000  # exact search up to this many vectors; IVF-PQ above
+    flat_max: int = 50_000  # exact search up to this many vectors; IVF-PQ (IVF-Flat below pq_min_dim) above
     ivf_factory: str = "IVF{nlist},PQ{m}x8"  # e.g. "OPQ{m},IVF{nlist},PQ{m}x8"
     # Below this dimension the lists hold the vectors themselves ("IVF{nlist},Flat"): a small vector costs
     # 4*D < 512 bytes in memory, not much more than the PQ path's D/8-byte code plus 2*D-byte re-rank
     # cache, and buys exact scores, so recall depends on nprobe alone. A D/8-byte code is what limits
     # recall (30k isotropic vectors: PQ3 at 24-d tuned to 0.95, PQ8 at 64-d to 0.88, even with 400
-    # candidates re-ranked); at 1024-d (128 bytes) real embeddings reach 0.98.
+    # candidates re-ranked); at 1024-d (128 bytes) real embeddings reach 0.98. 0: PQ at any dimension.
     pq_min_dim: int = 128
     pq_bytes: int | None = None  # bytes per vector (PQ M); None: D/8 up to 128 (128 for D=1024)
     pq_train_per_centroid: int = 64  # PQ k-means sample (x256 centroids); FAISS's 256 costs 4x for ~nothing
@@ -286,7 +287,8 @@ class ModalityIndex:
             nprobe = min(nlist, math.ceil(nprobe * self.ntotal / max(len(ids), 1)))
         if self.kind == "ivfflat":  # the lists hold the vectors: the index's scores are exact
             def probe(q: np.ndarray, n_probe: int) -> Results:
-                return _hits(*self._candidates(q, min(self.ntotal, k), n_probe, sel))
+                scores, labels = self._candidates(q, min(self.ntotal, k), n_probe, sel)
+                return _hits(labels, scores)
         else:
             # nprobe holds as the index grows (list membership does not change), but more vectors crowd
             # into the codes' error band: re-rank proportionally more candidates than tuning needed.
@@ -524,9 +526,10 @@ def tune(mi: ModalityIndex, queries: np.ndarray, query_ids: np.ndarray, truth: n
             previous = recall
     recall, nprobe, rerank = best
     log.warning("%s index (%s, %d-d): recall@10 reaches only %.3f, short of the %.2f target, at nprobe %d%s; "
-                "searches miss about %.0f%% of the true top 10. An exact index (IndexPolicy.flat_max above %d) "
-                "or finer codes (IndexPolicy.pq_bytes) would find them", mi.modality, mi.factory, mi.dim, recall,
-                goal, nprobe, "" if rerank is None else f", {rerank}x re-ranked", 100 * (1 - recall), mi.ntotal)
+                "searches miss about %.0f%% of the true top 10. An exact index (IndexPolicy.flat_max above %d)%s "
+                "would find them", mi.modality, mi.factory, mi.dim, recall, goal, nprobe,
+                "" if rerank is None else f" with {rerank}x candidates re-ranked", 100 * (1 - recall), mi.ntotal,
+                "" if rerank is None else " or finer codes (IndexPolicy.pq_bytes)")
     return nprobe, rerank, recall
 
 
@@ -587,8 +590,8 @@ def _rerank(queries: np.ndarray, labels: np.ndarray, k: int, fetch: Fetch, block
             fallback: Fetch | None = None) -> Results:
     """Exact cosine for each query's candidates, from the stored vectors: one read and one matrix product
     per block of queries (bounded memory for big batches; shared candidates are read once). Candidates
-    whose score is not finite (damaged bytes in the re-rank cache) are read again through `fallback`
-    (the database); any still not finite are dropped."""
+    whose score is not finite (a damaged row of the re-rank cache reads as NaN) are read again through
+    `fallback` (the database); any still not finite are dropped."""
     results: Results = []
     for start in range(0, len(queries), block):
         q_block, l_block = queries[start: start + block], labels[start: start + block]
@@ -630,7 +633,7 @@ def _after_damage(cache: VectorCache, fetch: Fetch) -> Fetch:
     this process stops using it (warning once); `doctor` finds every damaged row and --repair remakes it."""
     def read(ids: np.ndarray, *, check_modality: bool = False) -> tuple[np.ndarray, np.ndarray]:
         if cache.damaged is None:
-            cache.damaged = "a stored vector reads back as NaN or infinity"
+            cache.damaged = "a row does not read back as a unit vector"
             log.warning("%s: damaged re-rank cache (%s); re-ranking reads the database until "
                         "`xsearch doctor --repair` rebuilds it", cache.data_path, cache.damaged)
         return fetch(ids, check_modality=check_modality)

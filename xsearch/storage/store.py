@@ -38,6 +38,7 @@ from xsearch.storage.db import roots as T_roots
 from xsearch.storage.db import vectors as T_vectors
 from xsearch.storage.faiss_index import IndexFileError, IndexPolicy, ModalityIndex, build, ivf_kind, remove_files
 from xsearch.storage.files import PathInTheWay, abandoned_temp_files, check_index_dir
+from xsearch.storage.lock import is_locked
 from xsearch.storage.records import FAILED, OK, Item, ItemRecord
 
 log = logging.getLogger(__name__)
@@ -494,12 +495,13 @@ class Storage:
         try:
             check_index_dir(self.index_dir)
         except PathInTheWay as exc:
-            problems.append(str(exc))  # every index then reads as missing: say why, once
+            return problems + [str(exc)]  # every index file would read as missing: say why, once
         for m in sorted(set(mods) | self._index_files()):
             want = db_ids.get(m, np.zeros(0, np.int64))
             mem = self._indexes.get(m)
-            if mem is not None and mem.dirty and mem.gen == gens.get(m, 0):
-                # Unflushed but current: the in-memory index is what counts, not the older file.
+            if mem is not None and mem.dirty and mem.gen == gens.get(m, 0) and not self.read_only:
+                # Unflushed but current: the in-memory index is what counts, not the older file (a read-only
+                # store never writes its rebuilt indexes: there the file is what counts).
                 where, have, gen = f"{m} index (in memory)", mem.ids(), mem.gen
             else:
                 where = str(self.index_dir / f"{m}.faiss")
@@ -572,6 +574,12 @@ class Storage:
             if mi is None or mi.gen != gen or mi.ntotal != count or mi.needs_rebuild(self.policy):
                 if mi is not None:
                     log.info("%s index is stale (write %s vs %s): rebuilding from the database", modality, mi.gen, gen)
+                if self.read_only and count > self.policy.flat_max and not is_locked(self.directory):
+                    # Nobody will save this rebuild: every query process pays the training again until a writer does.
+                    log.warning("%s: the %s index file does not match the database and no index run is writing "
+                                "(one was interrupted); each query trains it again (slow at %d vectors) until "
+                                "`xsearch index` or `xsearch doctor --repair` saves it",
+                                self.index_dir, modality, count)
                 mi = self._build(modality)
             if mi is not None:
                 self._indexes[modality] = mi

@@ -17,9 +17,9 @@ Rows past that count (a writer killed mid-append) are ignored, and overwritten b
 A row is never rewritten in place: a changed vector is appended and the map points to the new row, so
 other processes reading an older map through their own mapping always see the bytes they expect.
 
-The rows carry no checksum (checking them per query would cost more than the cache saves): re-ranking
-treats a non-finite score as damage and reads the database instead, and ``doctor`` compares every row
-with the database (``differing``).
+The rows carry no checksum (checking them per query would cost more than the cache saves). Reading a
+row that is not of unit length (zeroed, 0xFF-filled, garbage) gives NaN, which re-ranking takes as
+damage and reads the database instead; ``doctor`` compares every row with the database (``differing``).
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _TOKEN_BYTES = 6
 COMPACT_SLACK_ROWS = 1024  # superseded rows tolerated beyond half the file before a save compacts it
 _COPY_ROWS = 16_384  # rows copied at a time when compacting
+_UNIT_TOLERANCE = 0.01  # |x|^2 of a stored row differs from 1 by less (10x float16's worst rounding)
 
 
 class VectorCache:
@@ -192,9 +193,20 @@ class VectorCache:
         if not len(found):
             return found, np.zeros((0, self.dim), np.float32), want[~hit]
         picked = mm[rows[pos[hit]]]  # one copy of just these rows out of the mapping
-        with np.errstate(invalid="ignore", divide="ignore"):  # a zeroed (damaged) row: NaN, caught by the caller
-            x = vec.decode_rows(picked, len(found), self.dtype, self.dim)
-        return found, x, want[~hit]
+        return found, self._decode(picked), want[~hit]
+
+    def _decode(self, picked: np.ndarray) -> np.ndarray:
+        """float32 unit rows, as vectors.decode_rows gives them, except that a damaged row (zeroed, 0xFF-filled,
+        garbage) comes back as NaN, so that re-ranking sees a non-finite score and reads the database. Stored
+        vectors are unit length (float16 rounding moves |x|^2 by < 1e-3); damage almost never keeps that."""
+        flat = np.ascontiguousarray(picked).reshape(-1).view(vec.DTYPES[self.dtype])
+        x = vec._f16_to_f32(flat) if self.dtype == "float16" else flat.astype(np.float32)
+        x = x.reshape(len(picked), self.dim)
+        sq = np.einsum("ij,ij->i", x, x)
+        sq[~(np.abs(sq - 1) < _UNIT_TOLERANCE)] = np.nan  # `~(<)` also catches a NaN norm
+        with np.errstate(invalid="ignore"):
+            x /= np.sqrt(sq)[:, None]
+        return x
 
     def differing(self, ids: np.ndarray, blobs: list[bytes]) -> int:
         """How many of these ids' rows differ from `blobs`, their bytes in the database; ids the cache does
