@@ -226,3 +226,22 @@ def test_null_separated_paths_are_the_names_on_disk(tmp_path, tiny_model):
     got = proc.stdout.split(b"\0")
     assert got[-1] == b"" and sorted(got[:-1]) == sorted(os.fsencode(media) + b"/" + n for n in names)
     assert all(os.path.exists(p) for p in got[:-1])
+
+
+def test_a_name_spelled_like_an_escape_stays_its_own_file(tmp_path, tiny_model):
+    import os
+
+    media = tmp_path / "m"
+    media.mkdir()
+    names = [b"caf\xe9.png", b"caf\\xe9.png", b"back\\\\slash.png"]  # a byte, and names spelling escapes
+    for i, n in enumerate(names):
+        write_image(Path(os.fsdecode(os.path.join(os.fsencode(media), n))), i)
+    store = tmp_path / "store"
+    first = cli_json("index", media, "--store", store, "--model", tiny_model, "--no-progress")
+    assert first["embedded"] == 3
+    again = cli_json("index", "--store", store, "--no-progress")
+    assert (again["embedded"], again["unchanged"]) == (0, 3)
+    with xsearch.open(store) as s:
+        shown = sorted(it.path for it in s.storage.items())
+        assert shown == sorted(str(media) + "/" + n for n in ["caf\\xe9.png", "caf\\\\xe9.png", "back\\\\\\\\slash.png"])
+        assert s.doctor()["ok"]  # each stored name maps back to its own file

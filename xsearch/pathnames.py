@@ -1,7 +1,8 @@
 """Path names as the store holds them: text that SQLite and a UTF-8 terminal can take.
 
-A file name that is not valid UTF-8 reaches Python with lone surrogates; it is
-stored and shown escaped as ``ls -b`` does. Every layer that turns a user's path
+A file name is stored and shown escaped as ``ls -b`` does (bytes that are not valid
+UTF-8 as ``\\xNN``, backslashes doubled), so that every name on disk has exactly one
+stored spelling and back. Every layer that turns a user's path
 into a stored one (indexer, query, API) goes through ``stored_abspath``.
 """
 from __future__ import annotations
@@ -11,17 +12,19 @@ import re
 
 
 def store_path(path: str) -> str:
-    """How a path is stored and shown: the path itself, unless it holds bytes that are not valid UTF-8.
+    """How a path is stored and shown: as ``ls -b`` shows it.
 
-    Python hands such names over with lone surrogates, which SQLite (and a UTF-8 terminal) cannot take;
-    they are written as ``ls -b`` does: each such byte as ``\\xNN``, each backslash doubled.
-    ``fs_path`` turns the result back into the name on disk.
+    A name that is not valid UTF-8 reaches Python with lone surrogates, which SQLite (and a UTF-8
+    terminal) cannot take: each such byte is written ``\\xNN``. Backslashes are doubled in every
+    name, so that a valid name spelled ``caf\\xe9.jpg`` and the name with the byte 0xE9 stay two
+    paths. ``fs_path`` turns the result back into the name on disk.
     """
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        pass
+    if "\\" not in path:
+        try:
+            path.encode("utf-8")
+            return path
+        except UnicodeEncodeError:
+            pass
     try:
         raw = os.fsencode(path)
     except UnicodeEncodeError:  # surrogates that did not come from the file system's bytes
@@ -34,7 +37,7 @@ _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 
 def fs_path(stored: str) -> str:
     """The path on disk of a stored path (the inverse of ``store_path``)."""
-    if "\\" not in stored or os.path.lexists(stored):
+    if "\\" not in stored:
         return stored
     out, pos = bytearray(), 0
     for m in _ESCAPE.finditer(stored):
