@@ -245,3 +245,17 @@ def test_a_name_spelled_like_an_escape_stays_its_own_file(tmp_path, tiny_model):
         shown = sorted(it.path for it in s.storage.items())
         assert shown == sorted(str(media) + "/" + n for n in ["caf\\xe9.png", "caf\\\\xe9.png", "back\\\\\\\\slash.png"])
         assert s.doctor()["ok"]  # each stored name maps back to its own file
+
+
+def test_a_store_from_before_backslashes_were_escaped_catches_up_without_embedding(tmp_path, tiny_model):
+    media = tmp_path / "m"
+    media.mkdir()
+    write_image(media / "back\\slash.png", 0)
+    store = tmp_path / "store"
+    cli("index", media, "--store", store, "--model", tiny_model, "--no-progress")
+    with xsearch.open(store) as s:  # the spelling earlier versions stored: the name as it is
+        it = s.storage.items()[0]
+        assert it.path == f"{media}/back\\\\slash.png"
+        s.storage.move(it.id, f"{media}/back\\slash.png", size=it.size, mtime_ns=it.mtime_ns, root=it.root)
+    rep = cli_json("index", "--store", store, "--no-progress")
+    assert (rep["embedded"], rep["moved"], rep["removed"]) == (0, 1, 0)  # same content: the vector is kept
