@@ -271,7 +271,11 @@ def remove(
     store: Optional[Path] = StoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Remove files or whole folders from the store."""
+    """Forget files or whole folders (and the indexed folders inside them).
+
+    Files still on disk under an indexed folder come back with the next `xsearch index`:
+    delete or move them too, or remove the whole folder.
+    """
     with _errors():
         with _open(store, create=False) as s:
             n = s.remove([os.fspath(p) for p in paths])
