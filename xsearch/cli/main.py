@@ -273,8 +273,7 @@ def remove(
 ) -> None:
     """Forget files or whole folders (and the indexed folders inside them).
 
-    Files still on disk under an indexed folder come back with the next `xsearch index`:
-    delete or move them too, or remove the whole folder.
+    Files still on disk under an indexed folder come back with the next index run: delete or move them too, or remove the whole folder.
     """
     with _errors():
         with _open(store, create=False) as s:
