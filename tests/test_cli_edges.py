@@ -188,12 +188,18 @@ def test_index_help_names_every_modality():
         assert m in help_text.split("--modality", 1)[1].split("--store", 1)[0], help_text
 
 
-def test_missing_folder_is_reported_and_kept(tmp_path, tiny_model):
+def _indexed_one_image(tmp_path: Path, tiny_model: str, name: str = "a.png") -> tuple[Path, Path]:
+    """(folder, store): a folder holding one image, indexed."""
     media = tmp_path / "m"
     media.mkdir()
-    write_image(media / "a.png", 0)
+    write_image(media / name, 0)
     store = tmp_path / "store"
     cli("index", media, "--store", store, "--model", tiny_model, "--no-progress")
+    return media, store
+
+
+def test_missing_folder_is_reported_and_kept(tmp_path, tiny_model):
+    media, store = _indexed_one_image(tmp_path, tiny_model)
     media.rename(tmp_path / "elsewhere")  # a renamed folder, or an unmounted drive
     res = cli("index", "--store", store, "--no-progress", code=1)
     assert f"missing: {media}: indexed folder not on disk" in res.stderr
@@ -248,11 +254,7 @@ def test_a_name_spelled_like_an_escape_stays_its_own_file(tmp_path, tiny_model):
 
 
 def test_a_store_from_before_backslashes_were_escaped_catches_up_without_embedding(tmp_path, tiny_model):
-    media = tmp_path / "m"
-    media.mkdir()
-    write_image(media / "back\\slash.png", 0)
-    store = tmp_path / "store"
-    cli("index", media, "--store", store, "--model", tiny_model, "--no-progress")
+    media, store = _indexed_one_image(tmp_path, tiny_model, "back\\slash.png")
     with xsearch.open(store) as s:  # the spelling earlier versions stored: the name as it is
         it = s.storage.items()[0]
         assert it.path == f"{media}/back\\\\slash.png"

@@ -463,3 +463,115 @@ def test_files_with_non_utf8_names_are_served_and_previewed(tmp_path, tiny_model
             assert preview.status_code == 200 and Image.open(io.BytesIO(preview.content)).format == "PNG"
             hits = c.post("/api/search", json={"like": str(other), "target": "image", "k": 1}).json()["results"]
             assert [h["id"] for h in hits] == [photo_id] and hits[0]["media_url"] == f"/media/{photo_id}"
+
+
+# --------------------------------------------------------------------------- found by exploratory testing
+
+
+def test_unservable_text_leaks_no_content(tmp_path, tiny_model):
+    """A symlink inside an indexed folder pointing out of it: no media, and no snippet of the target either."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "dog.txt").write_text("a dog barking\n", encoding="utf-8")
+    secret = tmp_path / "secret.txt"  # beside the indexed folder, not in it
+    secret.write_text("root:x:0:0 the secret words\n", encoding="utf-8")
+    (notes / "leak.txt").symlink_to(secret)
+    with xsearch.open(tmp_path / "store", model=tiny_model) as store:
+        store.index([notes])
+        leak = store.storage.item_by_path(str(notes / "leak.txt"))
+        assert leak is not None and "secret" in leak.facts.get("snippet", "")  # the store itself holds it
+        with BackgroundServer(store) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+            item = c.get(f"/api/items/{leak.id}").json()
+            assert item["media_url"] is None and item["facts"] == {}
+            hits = c.post("/api/search", json={"text": "secret words", "target": "text"}).json()["results"]
+            assert {h["name"] for h in hits} == {"dog.txt", "leak.txt"}
+            assert "secret" not in str(hits)
+            dog = next(h for h in hits if h["name"] == "dog.txt")
+            assert dog["facts"]["snippet"].strip() == "a dog barking"  # servable files keep theirs
+
+
+def test_malformed_ids_and_values_get_json_4xx(client, server, corpus):
+    huge = "99999999999999999999999"
+    image_id = item_id(corpus["store"], corpus["files"]["image"][0])
+    for path in (f"/api/items/{huge}", f"/media/{huge}", f"/api/items/{huge}/preview.png",
+                 "/api/items/%C2%B3", "/media/%C2%B3", "/api/items/%D9%A3"):  # "³", and Arabic-Indic 3
+        status, body = raw_get(server.port, path)
+        assert status == 404 and b'"detail"' in body, (path, status, body)
+    cases = [
+        ({"like": "³"}, 422), ({"like": int(huge)}, 422), ({"like": huge}, 422), ({"like": -1}, 422),
+        ({"text": "x", "target": 5}, 422), ({"text": "x", "target": True}, 422), ({"text": "x", "target": [1]}, 422),
+        ({"text": "x", "target": ["image", None]}, 422), ({"text": "x", "target": []}, 422),
+        ({"text": "x", "target": {"image": 1}}, 422),
+    ]
+    for body, status in cases:
+        r = client.post("/api/search", json=body)
+        assert r.status_code == status and r.json()["detail"], (body, r.status_code, r.text)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = client.post("/api/search", content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "nested" in r.json()["detail"]
+    r = client.post("/api/search", data={"text": "dog", "k": "²"})
+    assert r.status_code == 422 and "k must be" in r.json()["detail"]
+    # an upload beside a bad field: the error names the field, not the (fine) upload
+    photo = corpus["files"]["image"][0]
+    for like in ("³", huge):
+        r = _post_file(client, "image", photo.name, photo.read_bytes(), like=like)
+        assert r.status_code == 422 and "like" in r.json()["detail"] and "decode" not in r.json()["detail"], r.text
+    assert client.post("/api/search", json={"like": str(image_id), "target": "image"}).status_code == 200
+
+
+def test_text_weight_pair_at_the_top_level(client):
+    r = client.post("/api/search", json={"text": ["a dog", 2], "k": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["query"]["inputs"] == [{"kind": "text", "value": "a dog", "weight": 2.0}]
+    two = client.post("/api/search", json={"text": ["a dog", "rain"], "k": 1}).json()["query"]["inputs"]
+    assert [i["value"] for i in two] == ["a dog", "rain"]  # two strings stay two texts
+
+
+def test_a_device_that_does_not_exist_is_refused_at_startup(corpus):
+    import torch
+
+    env = {k: v for k, v in os.environ.items() if k != "XSEARCH_TOKEN"}
+    devices = ["nonsense"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in devices:
+        # A process, not CliRunner: a server that starts anyway must fail the test, not block it.
+        cmd = [sys.executable, "-m", "xsearch.cli.main", "serve", "--store", str(corpus["root"] / "store"),
+               "--port", "0", "--device", device]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "device" in res.stderr, (device, res.returncode, res.stderr)
+
+
+def test_preview_of_a_file_that_no_longer_decodes_is_404(tmp_path, tiny_model):
+    from tests.corpus import write_depth_png
+
+    depths = tmp_path / "depth"
+    depths.mkdir()
+    frame = write_depth_png(depths / "d.png", 3)
+    with xsearch.open(tmp_path / "store", model=tiny_model) as store:
+        store.index([depths], modality="depth")
+        i = item_id(store, frame)
+        frame.write_bytes(b"garbage")
+        with BackgroundServer(store) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+            r = c.get(f"/api/items/{i}/preview.png")
+            assert r.status_code == 404 and "cannot render" in r.json()["detail"]
+
+
+def test_invalid_range_sends_the_whole_file_and_head_works(client, corpus):
+    path = corpus["files"]["image"][0]
+    url = f"/media/{item_id(corpus['store'], path)}"
+    for header in ("garbage", "bytes=50-10", "bytes=a-b", "items=0-3"):
+        r = client.get(url, headers={"Range": header})
+        assert r.status_code == 200 and r.content == path.read_bytes(), header
+    assert client.get(url, headers={"Range": "bytes=2-5"}).content == path.read_bytes()[2:6]
+    for endpoint in ("/", "/api/status", url, "/docs"):
+        r = client.head(endpoint)
+        assert r.status_code == 200 and r.content == b"", endpoint
+
+
+def test_tokens_with_plus_or_non_ascii_characters(corpus):
+    token = "ab+c/dé"
+    with BackgroundServer(corpus["store"], token=token) as srv:
+        assert raw_get(srv.port, "/api/status?token=ab+c/d%C3%A9")[0] == 200  # pasted unencoded: "+" kept
+        assert raw_get(srv.port, "/api/status?token=ab%2Bc%2Fd%C3%A9")[0] == 200
+        assert raw_get(srv.port, "/api/status?token=ab%20c/d%C3%A9")[0] == 401
+        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer ab+c/d\u00c3\u00a9"})[0] == 200  # UTF-8 bytes
+        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer ab+c/d\u00e9"})[0] == 401  # latin-1 byte

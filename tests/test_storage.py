@@ -416,3 +416,21 @@ def test_a_reader_says_when_nobody_will_save_its_rebuild(tmp_path, caplog):
     with Storage(tmp_path, read_only=True, policy=policy) as s:
         assert ids_of(s.search("image", x[0], 1)[0]) == [1]
     assert [r for r in caplog.records if "no index run is writing" in r.message and "doctor --repair" in r.message]
+
+
+def test_a_replaced_store_never_gets_the_old_ones_indexes(tmp_path):
+    import shutil
+
+    x = unit(8, seed=12)
+    old = Storage(tmp_path / "s")
+    old.add_vectors(x[:4], modality="image", paths=[f"/old/{i}.jpg" for i in range(4)])
+    old.flush()
+    old.add_vectors(x[4:6], modality="image", paths=["/old/4.jpg", "/old/5.jpg"])  # dirty, unsaved
+    shutil.rmtree(tmp_path / "s")  # the store is deleted and made again at the same path
+    with Storage(tmp_path / "s") as new:
+        new.add_vectors(x[6:], modality="image", paths=["/new/6.jpg", "/new/7.jpg"])
+    before = (tmp_path / "s" / "index" / "image.faiss").read_bytes()
+    old.close()  # must not write its 6-vector index over the new store's
+    assert (tmp_path / "s" / "index" / "image.faiss").read_bytes() == before
+    with Storage(tmp_path / "s") as new:
+        assert new.check() == [] and len(new.items()) == 2

@@ -59,6 +59,20 @@ class Store:
         self._lock = threading.Lock()
         self.model_name = self._resolve_model(model)
 
+    def reopen(self, model: str | None = None) -> Store:
+        """A new Store at the same path with the same options, for a store replaced on disk (deleted and
+        created again). The loaded model is shared when the new store uses the same one."""
+        new = Store(self.path, model=model, device=self._device, dtype=self._dtype,
+                    read_only=self.storage.read_only, create=False)
+        if new.model_name == self.model_name:
+            new._embedder = self._embedder
+        return new
+
+    @property
+    def device(self) -> str:
+        """The device asked for ("auto", "cpu", "cuda"...), as given when the store was opened."""
+        return self._device
+
     # ------------------------------------------------------------ model
 
     def _resolve_model(self, model: str | None) -> str:

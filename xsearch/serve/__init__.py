@@ -69,16 +69,18 @@ def _require_server_packages() -> None:
                          "pip install fastapi uvicorn python-multipart") from e
 
 
-def _config(store: Any, host: str, port: int, token: str | None, max_upload_bytes: int | None, **uvicorn_kw: Any):
+def _config(store: Any, host: str, port: int, token: str | None, max_upload_bytes: int | None,
+            refresh_interval: float | None = None, **uvicorn_kw: Any):
     _require_server_packages()
     import uvicorn
 
-    from xsearch.serve.app import DEFAULT_MAX_UPLOAD_BYTES
+    from xsearch.serve.app import DEFAULT_MAX_UPLOAD_BYTES, REFRESH_INTERVAL
 
     check_bind(host, token)
     # No token on loopback: only loopback Host headers, so a web page cannot reach us by DNS rebinding.
     allowed = None if token else list(LOOPBACK_NAMES)
-    app = create_app(store, token=token, max_upload_bytes=max_upload_bytes or DEFAULT_MAX_UPLOAD_BYTES, allowed_hosts=allowed)
+    app = create_app(store, token=token, max_upload_bytes=max_upload_bytes or DEFAULT_MAX_UPLOAD_BYTES, allowed_hosts=allowed,
+                     refresh_interval=REFRESH_INTERVAL if refresh_interval is None else refresh_interval)
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, _RedactToken) for f in access.filters):
         access.addFilter(_RedactToken())
@@ -110,7 +112,7 @@ class BackgroundServer:
     """
 
     def __init__(self, store: Any, *, host: str = "127.0.0.1", token: str | None = None,
-                 max_upload_bytes: int | None = None, log_level: str = "warning"):
+                 max_upload_bytes: int | None = None, log_level: str = "warning", refresh_interval: float | None = None):
         check_bind(host, token)
         _require_server_packages()
         import uvicorn
@@ -118,7 +120,7 @@ class BackgroundServer:
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self._sock.bind((host.strip("[]"), 0))  # bound now: no window for another process to take the port
         self.host, self.port = host, self._sock.getsockname()[1]
-        config = _config(store, host, self.port, token, max_upload_bytes, log_level=log_level)
+        config = _config(store, host, self.port, token, max_upload_bytes, refresh_interval, log_level=log_level)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 

@@ -6,6 +6,8 @@
 - ``GET /api/items/{id}``, ``GET /api/items/{id}/preview.png`` (depth, thermal, IMU; a video's poster frame)
 - ``GET /media/{id}``: the file's bytes (HTTP Range works), only inside the indexed folders
 - ``GET /api/status``, ``GET /docs`` (OpenAPI), ``GET /`` (the page)
+
+Other processes' writes are picked up at most once a second (see ``_Service.current``).
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ import math
 import mimetypes
 import os
 import re
+import reprlib
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,6 +42,7 @@ from xsearch.pathnames import fs_path
 from xsearch.query.spec import INPUT_MODALITIES, as_inputs
 from xsearch.serve import apidocs
 from xsearch.serve.preview import PREVIEW_MODALITIES, render_preview
+from xsearch.storage.lock import is_locked
 
 log = logging.getLogger("xsearch.serve")
 
@@ -51,6 +56,14 @@ FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight
 SNIPPET_CHARS = 300
 TOKEN_COOKIE = "xsearch_token"
 PREVIEW_CACHE = 256  # rendered PNGs kept (each a few KB)
+MAX_FILES, MAX_FIELDS = 32, 64  # per multipart request (documented in docs/serve.md)
+MAX_ITEM_ID = 2**63 - 1  # SQLite INTEGER: larger ids cannot exist (and overflow the driver)
+REFRESH_INTERVAL = 1.0  # seconds between checks for other processes' writes to the store
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "³" and "٣", which int() refuses or reads
+_WHOLE_NUMBER = re.compile(r"\s*\+?[0-9]+\s*")
+# RFC 9110 byte ranges: "bytes=" then first-last, first- or -suffix, comma-separated.
+_RANGE_SPEC = r"\s*(?:[0-9]+-[0-9]*|-[0-9]+)\s*"
+_BYTE_RANGES = re.compile(rf"\s*bytes\s*=(?:{_RANGE_SPEC},)*{_RANGE_SPEC}", re.IGNORECASE)
 
 # Types mimetypes may not know everywhere; browsers need these to play or show the file.
 _EXTRA_TYPES = {
@@ -92,6 +105,46 @@ def _api_reference(app: FastAPI) -> str:
     if page is None:  # the schema is fixed once the app is built: render it once
         page = app.state.api_reference = apidocs.render(app.openapi())
     return page
+
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlevel = 60, 60, 6, 6, 3
+
+
+def show(value: Any) -> str:
+    """A bounded repr for error messages: a request may send a huge or deeply nested value."""
+    return _short.repr(value)
+
+
+def parse_item_id(text: str) -> int | None:
+    """An item id written in ASCII digits within SQLite's integer range, else None."""
+    if not _DIGITS.fullmatch(text) or len(text) > 19:  # 19 digits: 2**63 - 1, and int() stays cheap
+        return None
+    value = int(text)
+    return value if value <= MAX_ITEM_ID else None
+
+
+def valid_range(header: str) -> bool:
+    """Whether a Range header is well-formed (RFC 9110 14.1.1), with first <= last in every range."""
+    if not _BYTE_RANGES.fullmatch(header):
+        return False
+    for spec in header.partition("=")[2].split(","):
+        first, _, last = spec.strip().partition("-")
+        if first and last and int(first) > int(last):
+            return False
+    return True
+
+
+class MediaFileResponse(FileResponse):
+    """A FileResponse that ignores an invalid Range header and sends the whole file (RFC 9110 allows it),
+    where Starlette answers a plain-text 400."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope.get("headers") or []
+        rng = next((v for k, v in headers if k == b"range"), None)
+        if rng is not None and not valid_range(rng.decode("latin-1")):
+            scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"range"]}
+        await super().__call__(scope, receive, send)
 
 
 def media_type(path: str) -> str:
@@ -139,12 +192,27 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _is_text_pair(value: Any) -> bool:
+    """``["a dog", 2]``: one weighted text (a list of two texts has a string second)."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], (int, float)) and not isinstance(value[1], bool))
+
+
 def _parse_k(value: Any) -> int:
-    if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+    if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value):  # ASCII digits: int() refuses "²"
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_K:
-        raise ApiError(422, f"k must be a whole number from 1 to {MAX_K}, not {value!r}")
+        raise ApiError(422, f"k must be a whole number from 1 to {MAX_K}, not {show(value)}")
     return value
+
+
+def _parse_target(value: Any) -> str | list[str]:
+    """A modality name (or "all", or a comma list) or a non-empty list of them."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and all(isinstance(t, str) and t.strip() for t in value):
+        return value
+    raise ApiError(422, f'target must be "all", a modality name or a non-empty list of modality names, not {show(value)}')
 
 
 def _parse_number(name: str, value: Any) -> float:
@@ -153,7 +221,7 @@ def _parse_number(name: str, value: Any) -> float:
     except (TypeError, ValueError):
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number):
-        raise ApiError(422, f"{name} must be a finite number, not {value!r}")
+        raise ApiError(422, f"{name} must be a finite number, not {show(value)}")
     return number
 
 
@@ -163,7 +231,7 @@ def _parse_text(value: Any) -> Any:
         return value
     if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
         return (value[0], _parse_number("a text weight", value[1]))
-    raise ApiError(422, f'text inputs are strings ("VALUE@WEIGHT") or [value, weight] pairs, not {value!r}')
+    raise ApiError(422, f'text inputs are strings ("VALUE@WEIGHT") or [value, weight] pairs, not {show(value)}')
 
 
 def _parse_vector(value: Any) -> list[list[float]]:
@@ -185,22 +253,23 @@ def parse_json_search(body: Any) -> SearchRequest:
     if unknown:
         raise ApiError(422, f"unknown key(s) {', '.join(map(repr, unknown))}; expected {', '.join(JSON_KEYS)}")
     req = SearchRequest()
-    for value in _as_list(body.get("text", [])):
+    text = body.get("text", [])
+    for value in [text] if _is_text_pair(text) else _as_list(text):
         req.add("text", _parse_text(value))
     for value in _as_list(body.get("like", [])):
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ApiError(422, f"like takes item ids or indexed paths, not {value!r}")
+            raise ApiError(422, f"like takes item ids or indexed paths, not {show(value)}")
         req.add("like", value)
     if body.get("vector") is not None:
         for row in _parse_vector(body["vector"]):
             req.add("vector", row)
     if body.get("target") is not None:
-        req.target = body["target"]
+        req.target = _parse_target(body["target"])
     if "k" in body:
         req.k = _parse_k(body["k"])
     filters = body.get("filters") or {}
     if not isinstance(filters, dict) or set(filters) - set(FILTER_KEYS):
-        raise ApiError(422, f"filters must be an object with keys among {', '.join(FILTER_KEYS)}, not {filters!r}")
+        raise ApiError(422, f"filters must be an object with keys among {', '.join(FILTER_KEYS)}, not {show(filters)}")
     _set_filters(req, filters)
     return req
 
@@ -210,7 +279,7 @@ def _set_filters(req: SearchRequest, filters: dict[str, Any]) -> None:
         value = filters.get(key)
         if value not in (None, ""):
             if not isinstance(value, str):
-                raise ApiError(422, f"{key} must be a string, not {value!r}")
+                raise ApiError(422, f"{key} must be a string, not {show(value)}")
             setattr(req, key, value)
     if filters.get("min_score") not in (None, ""):
         req.min_score = _parse_number("min_score", filters["min_score"])
@@ -319,22 +388,30 @@ class TokenAuth:
     def __init__(self, app: ASGIApp, token: str):
         self.app, self.token = app, token.encode()
 
-    def _matches(self, candidate: str | None) -> bool:
-        return candidate is not None and hmac.compare_digest(candidate.encode(), self.token)
+    def _matches(self, candidate: str | bytes | None) -> bool:
+        if candidate is None:
+            return False
+        raw = candidate if isinstance(candidate, bytes) else candidate.encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(raw, self.token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[-1]
+        auth = headers.get(b"authorization", b"")
+        # Compared as bytes: a non-ASCII token arrives as its UTF-8 bytes, which a latin-1 decode would garble.
+        bearer = auth[7:].strip() if auth[:7].lower() == b"bearer " else None
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        query = parse_qs(query_string).get("token", [None])[-1]
+        # Form decoding turns "+" into a space: a base64 token pasted into the URL unencoded still works.
+        raw_query = _raw_param(query_string, "token")
         cookie = _cookie(headers.get(b"cookie", b"").decode("latin-1"), TOKEN_COOKIE)
-        if not any(self._matches(c) for c in (bearer, query, cookie)):
+        if not any(self._matches(c) for c in (bearer, query, raw_query, cookie)):
             detail = "missing or wrong token: send 'Authorization: Bearer <token>' or add ?token=<token> to the URL"
             response = JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
-        if self._matches(query) and scope["path"] == "/":
+        if scope["path"] == "/" and (self._matches(query) or self._matches(raw_query)):
+            query = self.token.decode("utf-8", "surrogateescape")
             # The page was opened as /?token=...: remember it so its scripts, styles and /docs work too.
             cookie_header = f"{TOKEN_COOKIE}={quote(query, safe='')}; Path=/; HttpOnly; SameSite=Strict".encode()
 
@@ -363,6 +440,16 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
+def _raw_param(query_string: str, name: str) -> str | None:
+    """The last ``name=`` value of a query string, percent-decoded but with "+" kept as "+"."""
+    found = None
+    for part in query_string.split("&"):
+        key, sep, value = part.partition("=")
+        if sep and key == name:
+            found = unquote(value, encoding="utf-8", errors="surrogateescape")
+    return found
+
+
 def _cookie(header: str, name: str) -> str | None:
     for part in header.split(";"):
         key, _, value = part.strip().partition("=")
@@ -375,17 +462,87 @@ def _cookie(header: str, name: str) -> str | None:
 
 
 class _Service:
-    """What the endpoints share: the store, the lock around model inference, the roots check."""
+    """What the endpoints share: the store, the lock around model inference, the roots check.
 
-    def __init__(self, store: Any, token: str | None):
+    Endpoints take the store from :meth:`current` once per request, so one request never mixes two stores.
+    """
+
+    def __init__(self, store: Any, token: str | None, refresh_interval: float = REFRESH_INTERVAL):
         self.store = store
         self.token = token
         # One embedding at a time: torch already uses every core for one batch, and the
         # embedder's towers are loaded lazily; concurrent requests queue here, not in torch.
         self.model_lock = threading.Lock()
+        self.refresh_interval = refresh_interval
+        self._check_lock = threading.Lock()
+        self._next_check = 0.0
+        self._unavailable: str | None = None  # why the store cannot be used now (answered as 503)
+        self._owned: Any = None  # a store this app opened itself (after a replacement): closed at shutdown
+        # Reopening follows the new store's own record of its model; the option given is kept only when
+        # the store recorded none (it was what chose the model then).
+        self._model_option = None if store.storage.get_meta("model_name") == store.model_name else store.model_name
 
-    def real_roots(self) -> list[str]:
-        return [os.path.realpath(fs_path(r)) for r in self.store.storage.roots()]
+    # ------------------------------------------------------------ keeping up with the store on disk
+
+    def current(self) -> Any:
+        """The store to answer this request from, after the throttled check for outside changes.
+
+        Between checks this costs one clock read. Requests arriving while another thread checks go on
+        with the state they have rather than queue behind it.
+        """
+        now = time.monotonic()
+        if now >= self._next_check and self._check_lock.acquire(blocking=False):
+            try:
+                self._next_check = now + self.refresh_interval
+                self._check()
+            finally:
+                self._check_lock.release()
+        if self._unavailable is not None:
+            raise ApiError(503, self._unavailable)
+        return self.store
+
+    def _check(self) -> None:
+        store = self.store
+        state = store.storage.file_state()
+        if state == "gone":
+            self._unavailable = (f"the store {store.path} is gone (deleted or moved away); searches work again "
+                                 "once `xsearch index` creates it there anew")
+            return
+        if state == "replaced":
+            self._reopen()
+            return
+        self._unavailable = None  # moved away and back: the same file, so the same store
+        # While an index run writes, its index files trail the database: reloading then would rebuild
+        # from the database; the loaded snapshot stays consistent until the run finishes and saves.
+        if not is_locked(store.path):
+            store.storage.refresh()
+
+    def _reopen(self) -> None:
+        """The database file was replaced (store deleted and created again): open the new one."""
+        old = self.store
+        try:
+            new = old.reopen(self._model_option)  # shares the loaded model when it is the same one
+        except XSearchError as e:  # still being created: try again at the next check
+            self._unavailable = f"the store {old.path} was replaced and cannot be opened yet: {e}"
+            return
+        self.store, self._unavailable = new, None
+        self._owned = new  # an earlier replacement, if any, was `old`: disposed below, never closed
+        log.warning("the store %s was replaced on disk (deleted and created again): reopened it", old.path)
+        # Dropping the pooled connections releases the deleted database file now; closing stays with the
+        # caller for the first store (Storage.flush never writes into a folder whose database was replaced).
+        old.storage.engine.dispose()
+
+    def close(self) -> None:
+        """Close the store this app opened itself, if any (the caller owns the one it passed in)."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.close()
+
+    # ------------------------------------------------------------ items and files
+
+    @staticmethod
+    def real_roots(store: Any) -> list[str]:
+        return [os.path.realpath(fs_path(r)) for r in store.storage.roots()]
 
     @staticmethod
     def inside(path: str, roots: Iterable[str]) -> str | None:
@@ -397,17 +554,19 @@ class _Service:
                 return real
         return None
 
-    def item(self, item_id: str) -> Any:
-        if not item_id.isdigit():
-            raise ApiError(404, f"no item {item_id!r}: item ids are whole numbers")
-        found = self.store.storage.get_items([int(item_id)])
+    @staticmethod
+    def item(store: Any, item_id: str) -> Any:
+        iid = parse_item_id(item_id)
+        if iid is None:
+            raise ApiError(404, f"no item {show(item_id)}: item ids are whole numbers (ASCII digits) below 2**63")
+        found = store.storage.get_items([iid])
         if not found:
-            raise ApiError(404, f"no item with id {item_id} in this store")
+            raise ApiError(404, f"no item with id {iid} in this store")
         return found[0]
 
-    def servable(self, item: Any) -> str:
-        real = self.inside(item.path, self.real_roots())
-        if real is None:
+    def servable(self, store: Any, item: Any) -> str:
+        real = self.inside(item.path, self.real_roots(store))
+        if real is None or not os.access(real, os.R_OK):
             # Same answer for "outside the indexed folders" and "gone": nothing to learn by probing.
             raise ApiError(404, f"item {item.id}'s file is not available (missing, or outside the indexed folders)")
         return real
@@ -423,9 +582,14 @@ class _Service:
     def describe_item(self, item: Any, roots: list[str], *, score: float | None = None, rank: int | None = None,
                       facts: dict | None = None) -> dict[str, Any]:
         real = self.inside(item.path, roots)
-        facts = dict(facts if facts is not None else (getattr(item, "facts", None) or {}))
-        if item.modality == "text" and "snippet" not in facts and real is not None:
-            facts["snippet"] = _snippet(real)
+        if real is None:
+            # Every stored fact (a text's snippet and length, an image's size, a recording's duration) was
+            # read from the file: a file that is not served must not leak through them either.
+            facts = {}
+        else:
+            facts = dict(facts if facts is not None else (getattr(item, "facts", None) or {}))
+            if item.modality == "text" and "snippet" not in facts:
+                facts["snippet"] = _snippet(real)
         out: dict[str, Any] = {}
         if rank is not None:
             out["rank"] = rank
@@ -439,26 +603,31 @@ class _Service:
         })
         return out
 
+    # ------------------------------------------------------------ searching
+
     def search(self, req: SearchRequest) -> list[dict[str, Any]]:
         """Blocking: resolve ``like`` ids, run Store.search under the model lock, describe the hits."""
+        store = self.current()
         if "like" in req.inputs:
-            req.inputs["like"] = [self._like_path(v) for v in req.inputs["like"]]
+            req.inputs["like"] = [self._like_path(store, v) for v in req.inputs["like"]]
         needs_model = any(kind in INPUT_MODALITIES for kind in req.inputs)
         # like/vector searches never touch the model (and storage searches are thread-safe): no queue for them.
         with self.model_lock if needs_model else contextlib.nullcontext():
-            hits = self.store.search(**req.inputs, target=req.target, k=req.k, folder=req.folder, glob=req.glob,
-                                     min_score=req.min_score)
-        roots = self.real_roots()
+            hits = store.search(**req.inputs, target=req.target, k=req.k, folder=req.folder, glob=req.glob,
+                                min_score=req.min_score)
+        roots = self.real_roots(store)
         return [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts) for h in hits]
 
-    def _like_path(self, value: int | str) -> str:
-        """``like`` takes an item id (as a number or digits) or an indexed path (``PATH@WEIGHT`` allowed)."""
-        if isinstance(value, int) or value.isdigit():
-            found = self.store.storage.get_items([int(value)])
-            if not found:
-                raise ApiError(422, f"like: no item with id {value} in this store")
-            return found[0].path
-        return value
+    @staticmethod
+    def _like_path(store: Any, value: int | str) -> str:
+        """``like`` takes an item id (as a number or ASCII digits) or an indexed path (``PATH@WEIGHT`` allowed)."""
+        if isinstance(value, str) and not _DIGITS.fullmatch(value):
+            return value
+        iid = parse_item_id(value) if isinstance(value, str) else value
+        found = store.storage.get_items([iid]) if iid is not None and 0 <= iid <= MAX_ITEM_ID else []
+        if not found:
+            raise ApiError(422, f"like: no item with id {str(value)[:40]} in this store")
+        return found[0].path
 
 
 def _snippet(path: str) -> str:
@@ -486,21 +655,37 @@ def create_app(
     token: str | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     allowed_hosts: Iterable[str] | None = None,
+    refresh_interval: float = REFRESH_INTERVAL,
 ) -> FastAPI:
     """The FastAPI app serving ``store`` (an :class:`xsearch.api.Store`).
 
     ``token``: required on every request when set. ``max_upload_bytes``: larger request
     bodies get 413. ``allowed_hosts``: accepted ``Host`` headers (None: any); ``xsearch serve``
     limits an unauthenticated loopback server to loopback names, against DNS rebinding.
+    ``refresh_interval``: seconds between checks for other processes' writes (an index run that
+    finished, the store deleted or created again); 0 checks on every request.
     """
     if max_upload_bytes < 1:
         raise UsageError(f"max_upload_bytes must be positive, not {max_upload_bytes}")
-    svc = _Service(store, token or None)
+    if not refresh_interval >= 0:
+        raise UsageError(f"refresh_interval must be 0 or more seconds, not {refresh_interval}")
+    from xsearch.engine.embedder import resolve_device
+
+    # A device that does not exist would fail every search that embeds: refuse now (UsageError, exit 2).
+    resolve_device(store.device)
+    svc = _Service(store, token or None, refresh_interval)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        svc.close()  # only a store the app reopened itself; the caller closes the one it passed in
+
     app = FastAPI(
         title="xsearch",
         summary="Cross-modal search over photos, video, sound, depth, thermal, IMU and text (ImageBind).",
         version=__version__,
         docs_url="/docs/swagger",  # Swagger UI needs its CDN; /docs below works offline
+        lifespan=lifespan,
     )
     app.state.service = svc
 
@@ -527,6 +712,8 @@ def create_app(
             return await _search_form(request)
         try:
             body = await request.json()
+        except RecursionError as e:  # the decoder recurses per nesting level
+            raise ApiError(400, "the JSON body is nested too deeply") from e
         except ValueError as e:
             raise ApiError(400, f"the body is not valid JSON ({e}); send JSON or multipart/form-data") from e
         req = parse_json_search(body)
@@ -536,7 +723,7 @@ def create_app(
     async def _search_form(request: Request) -> JSONResponse:
         tmpdir = tempfile.mkdtemp(prefix="xsearch-upload-")
         try:
-            async with request.form(max_files=32, max_fields=64) as form:
+            async with request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS) as form:
                 req = await run_in_threadpool(parse_form_search, form, tmpdir)
             try:
                 results = await run_in_threadpool(svc.search, req)
@@ -556,8 +743,9 @@ def create_app(
 
     @app.get("/api/items/{item_id}", summary="An item's metadata and media URL")
     def item(item_id: str) -> dict[str, Any]:
-        it = svc.item(item_id)
-        out = svc.describe_item(it, svc.real_roots())
+        store = svc.current()
+        it = svc.item(store, item_id)
+        out = svc.describe_item(it, svc.real_roots(store))
         out.update({"status": getattr(it, "status", None), "error": getattr(it, "error", None),
                     "size": getattr(it, "size", None), "mtime_ns": getattr(it, "mtime_ns", None)})
         return out
@@ -565,28 +753,29 @@ def create_app(
     @app.get("/api/items/{item_id}/preview.png", response_class=Response,
              summary="Depth/thermal in false colour, IMU as a plot, a video's first frame (PNG)")
     def preview(item_id: str) -> Response:
-        it = svc.item(item_id)
+        store = svc.current()
+        it = svc.item(store, item_id)
         if it.modality not in PREVIEW_MODALITIES:
             raise ApiError(404, f"no preview for {it.modality} items; previews exist for {', '.join(PREVIEW_MODALITIES)}")
-        real = svc.servable(it)
-        st = os.stat(real)
+        real = svc.servable(store, it)
         try:
+            st = os.stat(real)
             png = _cached_preview(it.modality, real, st.st_size, st.st_mtime_ns)
-        except MediaError as e:
-            raise ApiError(422, f"cannot render item {it.id} as {it.modality}: {e}") from e
+        except (MediaError, OSError) as e:
+            # The request is fine: the file changed (or went) since it was indexed. Not a client error.
+            raise ApiError(404, f"cannot render item {it.id} as {it.modality} (the file changed since it was "
+                                f"indexed?): {e}") from e
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
     @app.get("/media/{item_id}", summary="The item's file (Range requests work)", response_class=FileResponse)
     def media(item_id: str) -> FileResponse:
-        real = svc.servable(svc.item(item_id))
-        return FileResponse(real, media_type=media_type(real), headers={"Cache-Control": "private, max-age=300"})
-
-    # HEAD too: media players probe sizes with it. Kept out of the schema (one operation per path).
-    app.add_api_route("/media/{item_id}", media, methods=["HEAD"], include_in_schema=False)
+        store = svc.current()
+        real = svc.servable(store, svc.item(store, item_id))
+        return MediaFileResponse(real, media_type=media_type(real), headers={"Cache-Control": "private, max-age=300"})
 
     @app.get("/api/status", summary="Counts per modality, indexes, model, failed files")
     def status() -> dict[str, Any]:
-        out = dict(store.status())
+        out = dict(svc.current().status())
         out["server"] = {
             "token_required": bool(svc.token),
             "max_upload_bytes": max_upload_bytes,
@@ -603,6 +792,13 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
                             headers={"Cache-Control": "no-cache"})
+
+    # HEAD on every GET endpoint (media players probe sizes with it; monitors probe /api/status).
+    # Kept out of the schema (one operation per path); servers send no body for HEAD.
+    for path, endpoint in (("/media/{item_id}", media), ("/api/items/{item_id}", item),
+                           ("/api/items/{item_id}/preview.png", preview), ("/api/status", status),
+                           ("/docs", api_reference), ("/", page)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -89,6 +89,8 @@ class Storage:
                     migrations.migrate(conn, where=self._where, read_only=read_only)
             with self._connect() as conn:
                 self._format = self._read_format(conn)
+            # flush never writes indexes into a store that replaced this one (only checkable for our own file)
+            self._identity = self._db_identity() if url is None else None
         except BaseException:
             self.engine.dispose()
             raise
@@ -354,6 +356,11 @@ class Storage:
         """Persist changed indexes (each file written to a temp name, fsynced, then renamed into place)."""
         self._check_writable()
         with self._mutex:
+            if self.file_state() == "replaced":
+                # Another store now lives at this path: our indexes describe the old database, never its.
+                log.warning("%s: the database was replaced since this process opened it; its indexes are not saved",
+                            self._where)
+                return
             if any(mi.dirty for mi in self._indexes.values()):
                 self._check_index_dir()
             for tmp in abandoned_temp_files(self.index_dir):
@@ -367,6 +374,24 @@ class Storage:
                     except OSError as exc:
                         raise StoreError(f"{self.index_dir / modality}.faiss: cannot write the index "
                                          f"({exc.strerror}); check free disk space and permissions") from exc
+
+    def _db_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the SQLite database file; None for other databases, or when it is gone."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        try:
+            st = os.stat(db.db_path(self.directory))
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def file_state(self) -> str:
+        """"same", or what happened to the SQLite file this Storage opened: "replaced" (another store was
+        created at the path) or "gone". Always "same" for a database given by URL (not checkable)."""
+        if self._identity is None:
+            return "same"
+        now = self._db_identity()
+        return "same" if now == self._identity else "gone" if now is None else "replaced"
 
     # -- search ----------------------------------------------------------------------------------------------
     def search(self, modality: str, queries: np.ndarray, k: int, *,
