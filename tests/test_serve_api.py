@@ -295,6 +295,10 @@ def test_bad_requests_get_4xx(client):
         r = client.post("/api/search", **kwargs)
         assert r.status_code == status, (kwargs, r.status_code, r.text)
         assert r.json()["detail"]
+    # A relative folder would mean the server's working directory, which no client can know.
+    for kwargs in ({"json": {"text": "x", "filters": {"folder": "media/notes"}}}, {"data": {"text": "x", "folder": "media"}}):
+        r = client.post("/api/search", **kwargs)
+        assert r.status_code == 422 and "absolute path" in r.json()["detail"], (kwargs, r.text)
 
 
 def test_upload_over_the_limit_is_413(client):

@@ -280,6 +280,9 @@ def _set_filters(req: SearchRequest, filters: dict[str, Any]) -> None:
         if value not in (None, ""):
             if not isinstance(value, str):
                 raise ApiError(422, f"{key} must be a string, not {show(value)}")
+            if key == "folder" and not os.path.isabs(value):
+                # Resolved here it would mean the server's working directory, which a client cannot know.
+                raise ApiError(422, f"folder must be an absolute path, not {show(value)}")
             setattr(req, key, value)
     if filters.get("min_score") not in (None, ""):
         req.min_score = _parse_number("min_score", filters["min_score"])
