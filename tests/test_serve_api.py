@@ -579,3 +579,21 @@ def test_tokens_with_plus_or_non_ascii_characters(corpus):
         assert raw_get(srv.port, "/api/status?token=ab%20c/d%C3%A9")[0] == 401
         assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer ab+c/d\u00c3\u00a9"})[0] == 200  # UTF-8 bytes
         assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer ab+c/d\u00e9"})[0] == 401  # latin-1 byte
+
+
+def test_text_in_a_legacy_encoding_is_served_with_its_charset(client, corpus):
+    store = corpus["store"]
+    note = corpus["root"] / "media" / "notes" / "latin1.txt"
+    note.write_bytes("Caf\u00e9 cr\u00e8me \u2014 \u20ac5\n".encode("cp1252"))  # not UTF-8
+    [i] = store.add_vectors(np.ones((1, store.storage.dim), np.float32), modality="text", paths=[str(note)])
+    try:
+        r = client.get(f"/media/{i}")
+        assert r.status_code == 200 and r.headers["content-type"] == "text/plain; charset=windows-1252"
+        assert r.text == "Caf\u00e9 cr\u00e8me \u2014 \u20ac5\n"  # decoded by the client as the header says
+        assert client.get(f"/api/items/{i}").json()["facts"]["snippet"] == "Caf\u00e9 cr\u00e8me \u2014 \u20ac5"
+        utf8 = corpus["files"]["text"][0]
+        r = client.get(f"/media/{item_id(store, utf8)}")
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    finally:
+        store.remove([str(note)])
+        note.unlink()

@@ -54,6 +54,7 @@ JSON_KEYS = ("text", "like", "vector", "target", "k", "filters")
 FILTER_KEYS = ("folder", "glob", "min_score")
 FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight" for m in UPLOAD_MODALITIES)
 SNIPPET_CHARS = 300
+TEXT_SNIFF_BYTES = 1 << 16  # read to choose a text file's charset
 TOKEN_COOKIE = "xsearch_token"
 PREVIEW_CACHE = 256  # rendered PNGs kept (each a few KB)
 MAX_FILES, MAX_FIELDS = 32, 64  # per multipart request (documented in docs/serve.md)
@@ -149,7 +150,16 @@ class MediaFileResponse(FileResponse):
 
 def media_type(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
-    return _EXTRA_TYPES.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+    kind = _EXTRA_TYPES.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+    if kind.startswith("text/"):
+        from xsearch.engine.preprocess.text import read_text_head
+
+        # The charset the indexer read it with: a Latin-1 note must not show as mojibake.
+        try:
+            kind = f"{kind.split(';')[0]}; charset={read_text_head(path, TEXT_SNIFF_BYTES)[1]}"
+        except OSError:
+            pass
+    return kind
 
 
 # --------------------------------------------------------------------------- search requests
@@ -634,9 +644,10 @@ class _Service:
 
 
 def _snippet(path: str) -> str:
+    from xsearch.engine.preprocess.text import read_text_head
+
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read(SNIPPET_CHARS + 1)
+        text = read_text_head(path, 4 * SNIPPET_CHARS + 4)[0]  # UTF-8 takes up to 4 bytes a character
     except OSError:
         return ""
     text = " ".join(text.split())

@@ -128,6 +128,22 @@ def _decode_legacy(data: bytes) -> str:
         return data.decode("latin-1")
 
 
+def read_text_head(path: str | os.PathLike, limit: int) -> tuple[str, str]:
+    """(text, charset) of a file's first ``limit`` bytes, decoded as ``load_text`` decodes: UTF-8 or
+    UTF-16 with a BOM, else Windows-1252 (Latin-1 for its five undefined bytes). The charset is the
+    HTTP name, for serving the file. Raises OSError."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    data, truncated = data[:limit], len(data) > limit
+    text = _decode(data, truncated)
+    if text is not None:
+        return text, "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8"
+    try:
+        return data.decode("cp1252"), "windows-1252"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), "iso-8859-1"
+
+
 def _control_fraction(text: str) -> float:
     if not text:
         return 0.0
