@@ -120,21 +120,9 @@ def _decode(data: bytes, truncated: bool) -> str | None:
         return None
 
 
-def _decode_legacy(data: bytes) -> str:
-    """Windows-1252, with Latin-1 for the five bytes cp1252 leaves undefined."""
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
-
-def read_text_head(path: str | os.PathLike, limit: int) -> tuple[str, str]:
-    """(text, charset) of a file's first ``limit`` bytes, decoded as ``load_text`` decodes: UTF-8 or
-    UTF-16 with a BOM, else Windows-1252 (Latin-1 for its five undefined bytes). The charset is the
-    HTTP name, for serving the file. Raises OSError."""
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    data, truncated = data[:limit], len(data) > limit
+def _decode_any(data: bytes, truncated: bool) -> tuple[str, str]:
+    """(text, HTTP charset name): UTF-8 or UTF-16 with a BOM, else Windows-1252 (Latin-1 for the five
+    bytes cp1252 leaves undefined)."""
     text = _decode(data, truncated)
     if text is not None:
         return text, "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8"
@@ -142,6 +130,14 @@ def read_text_head(path: str | os.PathLike, limit: int) -> tuple[str, str]:
         return data.decode("cp1252"), "windows-1252"
     except UnicodeDecodeError:
         return data.decode("latin-1"), "iso-8859-1"
+
+
+def read_text_head(path: str | os.PathLike, limit: int) -> tuple[str, str]:
+    """(text, charset) of a file's first ``limit`` bytes, decoded as ``load_text`` decodes them; the
+    charset is the HTTP name, for serving the file. Raises OSError."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    return _decode_any(data[:limit], len(data) > limit)
 
 
 def _control_fraction(text: str) -> float:
@@ -160,10 +156,8 @@ def load_text(path: str | os.PathLike) -> str:
     is_utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
     if b"\x00" in data and not is_utf16:
         raise MediaError(path, "binary data (contains NUL bytes), not a text file")
-    text = _decode(data, truncated)
-    if text is None:
-        # Not UTF-8: accept a legacy single-byte encoding only when the result reads as text.
-        text = _decode_legacy(data)
+    # Not UTF-8: a legacy single-byte encoding is accepted only when the result reads as text (below).
+    text = _decode_any(data, truncated)[0]
     if _control_fraction(text) > MAX_CONTROL_FRACTION:
         raise MediaError(path, "binary data (mostly non-printable characters), not a text file")
     if not text.strip():
