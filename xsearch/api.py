@@ -197,12 +197,8 @@ class Store:
             forget: list[str] = []
             for p in paths:
                 for key in dict.fromkeys((os.fsdecode(p), stored_abspath(p))):
-                    item = self.storage.item_by_path(key)
-                    if item is not None:
-                        ids.append(item.id)
-                    under = os.path.join(key, "")
-                    ids.extend(it.id for it in self.storage.items(prefix=under))
-                    forget += [r for r in roots if r == key or r.startswith(under)]
+                    ids.extend(it.id for it in self.storage.items_under(key))
+                    forget += [r for r in roots if r == key or r.startswith(os.path.join(key, ""))]
             n = self.storage.remove(sorted(set(ids))) if ids else 0
             for r in dict.fromkeys(forget):
                 self.storage.remove_root(r, remove_items=False)
@@ -275,7 +271,7 @@ class Store:
                                 "`xsearch doctor` again then"})
         missing = [r for r in self.storage.roots() if not os.path.lexists(fs_path(r))]
         for r in missing:
-            n = len(self.storage.items(prefix=os.path.join(r, ""))) + (self.storage.item_by_path(r) is not None)
+            n = len(self.storage.items_under(r))
             problems.append({"kind": "missing", "detail": f"{r}: indexed folder not on disk (moved, deleted or "
                                                           f"unmounted); its {n} items are kept until it is back or "
                                                           f"`xsearch remove {r}` forgets them"})

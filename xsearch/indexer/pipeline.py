@@ -179,10 +179,7 @@ class Indexer:
                 # Moved, deleted or unmounted: keep its items (re-embedding them is costly) and say so.
                 report.missing.append(top)
                 continue
-            stored = {it.path: it for it in self.storage.items(prefix=os.path.join(top, ""))}
-            single = self.storage.item_by_path(top)
-            if single is not None:
-                stored[top] = single
+            stored = {it.path: it for it in self.storage.items_under(top)}
             seen: set[str] = set()
             unreadable: list[str] = []  # folders whose files are unknown this run: theirs are kept
             for entry in walk(fs_path(top)):

@@ -179,6 +179,13 @@ class Storage:
         with self._connect() as conn:
             return [_item(r) for r in conn.execute(query)]
 
+    def items_under(self, path: str) -> list[Item]:
+        """The item at ``path`` and every item below it as a folder, ordered by path."""
+        under = os.path.join(path, "")
+        query = sa.select(*_ITEM_COLUMNS).where(sa.or_(T_items.c.path == path, _has_prefix(under))).order_by(T_items.c.path)
+        with self._connect() as conn:
+            return [_item(r) for r in conn.execute(query)]
+
     def item_by_path(self, path: str) -> Item | None:
         with self._connect() as conn:
             row = conn.execute(sa.select(*_ITEM_COLUMNS).where(T_items.c.path == path)).first()
