@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 _TOKEN_BYTES = 6
 COMPACT_SLACK_ROWS = 1024  # superseded rows tolerated beyond half the file before a save compacts it
 _COPY_ROWS = 16_384  # rows copied at a time when compacting
-_UNIT_TOLERANCE = 0.01  # |x|^2 of a stored row differs from 1 by less (10x float16's worst rounding)
 
 
 class VectorCache:
@@ -193,20 +192,8 @@ class VectorCache:
         if not len(found):
             return found, np.zeros((0, self.dim), np.float32), want[~hit]
         picked = mm[rows[pos[hit]]]  # one copy of just these rows out of the mapping
-        return found, self._decode(picked), want[~hit]
-
-    def _decode(self, picked: np.ndarray) -> np.ndarray:
-        """float32 unit rows, as vectors.decode_rows gives them, except that a damaged row (zeroed, 0xFF-filled,
-        garbage) comes back as NaN, so that re-ranking sees a non-finite score and reads the database. Stored
-        vectors are unit length (float16 rounding moves |x|^2 by < 1e-3); damage almost never keeps that."""
-        flat = np.ascontiguousarray(picked).reshape(-1).view(vec.DTYPES[self.dtype])
-        x = vec._f16_to_f32(flat) if self.dtype == "float16" else flat.astype(np.float32)
-        x = x.reshape(len(picked), self.dim)
-        sq = np.einsum("ij,ij->i", x, x)
-        sq[~(np.abs(sq - 1) < _UNIT_TOLERANCE)] = np.nan  # `~(<)` also catches a NaN norm
-        with np.errstate(invalid="ignore"):
-            x /= np.sqrt(sq)[:, None]
-        return x
+        # Unchecked bytes: a damaged row reads as NaN, which re-ranking takes as damage (reads the database).
+        return found, vec.decode_rows(picked, len(found), self.dtype, self.dim, damaged_as_nan=True), want[~hit]
 
     def differing(self, ids: np.ndarray, blobs: list[bytes]) -> int:
         """How many of these ids' rows differ from `blobs`, their bytes in the database; ids the cache does

@@ -55,13 +55,21 @@ def decode(blobs: Sequence[bytes], dtype: str, dim: int) -> np.ndarray:
     return decode_rows(np.frombuffer(b"".join(blobs), dtype=np.uint8), len(blobs), dtype, dim)
 
 
-def decode_rows(raw: np.ndarray, n: int, dtype: str, dim: int) -> np.ndarray:
-    """float32 (n, dim) from n stored rows laid end to end in a uint8 buffer."""
+# |x|^2 of a stored row differs from 1 by less than this (10x float16's worst rounding).
+UNIT_TOLERANCE = 0.01
+
+
+def decode_rows(raw: np.ndarray, n: int, dtype: str, dim: int, *, damaged_as_nan: bool = False) -> np.ndarray:
+    """float32 (n, dim) unit rows from n stored rows laid end to end in a uint8 buffer.
+
+    ``damaged_as_nan``: a row that is not of unit length (zeroed, 0xFF-filled, garbage: stored vectors
+    always are) comes back as NaN, so that a caller reading unchecked bytes sees the damage in its scores.
+    """
     flat = np.ascontiguousarray(raw).reshape(-1).view(DTYPES[dtype])
     if flat.size != n * dim:
         raise ValueError(f"stored vectors do not have {dim} {dtype} values each")
     out = _f16_to_f32(flat) if dtype == "float16" else flat.astype(np.float32)
-    return _unit(out.reshape(n, dim))
+    return _unit(out.reshape(n, dim), UNIT_TOLERANCE if damaged_as_nan else None)
 
 
 _F16_TO_F32_SCALE = np.float32(2.0**112)  # 2**(127 - 15): float32 exponent bias minus float16's
@@ -83,9 +91,13 @@ def stored(x: np.ndarray, dtype: str) -> np.ndarray:
     return _unit(x.astype(DTYPES[dtype]).astype(np.float32))
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def _unit(x: np.ndarray, tolerance: float | None = None) -> np.ndarray:
     # Rounding to float16 moves the norm off 1 by ~1e-4; re-normalising keeps inner products true cosines.
-    x /= np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    sq = np.einsum("ij,ij->i", x, x)
+    if tolerance is not None:
+        sq[~(np.abs(sq - 1) < tolerance)] = np.nan  # `~(<)` also catches a NaN norm
+    with np.errstate(invalid="ignore"):
+        x /= np.sqrt(sq)[:, None]
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
