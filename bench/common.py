@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # runnable as `python bench/x.py` from anywhere
 
 MACHINE = "2-core AMD EPYC, AVX-512, no GPU"
 CACHE_ENV = "XSEARCH_BENCH_CACHE"
-TINY_MODEL = ROOT.parent / "shared" / "golden" / "imagebind" / "tiny"
+TINY_MODEL = ROOT / "tests" / "data" / "golden" / "imagebind" / "tiny"
 HUGE_DIR_NAME = "huge-random"
 _HUGE_MARKER = "complete"
 

@@ -18,7 +18,7 @@ Prints one JSON object on stdout (progress on stderr). Four parts:
   between the two measurements), and a cold ``xsearch index`` process
   (interpreter start and model load included).
 * ``tiny`` (figure B): the pipeline's own ceiling: the fixture model
-  (../shared/golden/imagebind/tiny) over 1024x768 photos, in-process
+  (tests/data/golden/imagebind/tiny) over 1024x768 photos, in-process
   ``Store.index``. Target >= 150 photos/s. Ablations on the same corpus: exact
   decoding (``fast_decode=False``) and torch's default threads (no light-model
   tuning), and the pure decode and pure model rates.
@@ -279,7 +279,7 @@ def part_tiny(args, tmp: Path) -> dict[str, Any]:
     torch.set_num_threads(threads)
     rate = best["files_per_s"]
     return {
-        "model": "tiny fixture model (../shared/golden/imagebind/tiny)",
+        "model": "tiny fixture model (tests/data/golden/imagebind/tiny)",
         "dtype": str(emb.dtype).replace("torch.", ""),
         "corpus": info,
         "files": n,

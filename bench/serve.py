@@ -3,7 +3,7 @@
     python bench/serve.py [--clients 8] [--requests 200] [--max-seconds 60] [--items 40] [--model DIR]
 
 Writes a small corpus (generated photos, tones, notes, IMU CSVs) to a temp folder,
-indexes it with the tiny fixture model (``../shared/golden/imagebind/tiny``, or
+indexes it with the tiny fixture model (``tests/data/golden/imagebind/tiny``, or
 ``--model``), starts a real uvicorn server on a free loopback port (in a thread),
 then ``--clients`` threads (one httpx client each) issue requests round-robin over
 the mix until ``--requests`` are done or ``--max-seconds`` pass:
@@ -40,7 +40,7 @@ import xsearch  # noqa: E402
 from tests.corpus import write_audio, write_image, write_imu_csv  # noqa: E402
 from xsearch.serve import BackgroundServer  # noqa: E402
 
-FIXTURE_MODEL = ROOT.parent / "shared" / "golden" / "imagebind" / "tiny"
+FIXTURE_MODEL = ROOT / "tests" / "data" / "golden" / "imagebind" / "tiny"
 KINDS = ("text", "upload", "like", "media")
 WORDS = ("dog", "rain", "car", "beach", "bird", "street", "music", "night", "forest", "kitchen")
 

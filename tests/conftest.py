@@ -6,12 +6,12 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT.parent / "shared" / "golden" / "imagebind"
+GOLDEN = ROOT / "tests" / "data" / "golden" / "imagebind"
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    """The ImageBind parity fixtures (read-only, beside the checkout)."""
+    """The ImageBind parity fixtures, kept in the repository (tests/data/golden/SOURCE.md)."""
     assert GOLDEN.is_dir(), f"missing fixtures at {GOLDEN}"
     return GOLDEN
 

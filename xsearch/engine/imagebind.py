@@ -3,7 +3,7 @@
 The module tree mirrors the official implementation so that ``state_dict()`` has
 exactly the official keys and shapes and ``imagebind_huge.pth`` loads strictly.
 Attention runs through ``F.scaled_dot_product_attention``; everything else is the
-original arithmetic (see ``shared/golden/imagebind/README.md``).
+original arithmetic (see ``tests/data/golden/imagebind/README.md``).
 """
 from __future__ import annotations
 
