@@ -274,20 +274,27 @@ def test_reader_threads_while_a_writer_adds_batches(tmp_path, flat_max, pq_min_d
     store.close()
 
 
-def test_migrates_a_store_from_the_previous_schema_version(tmp_path):
-    assert SCHEMA_VERSION >= 2
+@pytest.mark.parametrize("version", [1, SCHEMA_VERSION - 1])
+def test_migrates_a_store_from_an_older_schema_version(tmp_path, version):
+    assert SCHEMA_VERSION >= 3
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'xsearch.db'}")
-    with engine.begin() as conn:  # build a store as schema version N-1 left it
-        migrations.migrate(conn, where="test", read_only=False, upto=SCHEMA_VERSION - 1)
-        conn.execute(sa.text("INSERT INTO items (path, modality, size, mtime_ns, content_hash, facts, status) "
-                             "VALUES ('/old.jpg', 'image', 10, 20, 'h', :facts, 'ok')"), {"facts": json.dumps({"w": 1})})
+    with engine.begin() as conn:  # build a store as that schema version left it
+        migrations.migrate(conn, where="test", read_only=False, upto=version)
+        for path, modality, status in (("/old.jpg", "image", "ok"), ("/o.wav", "audio", "ok"),
+                                       ("/o2.wav", "audio", "ok"), ("/bad.jpg", "image", "failed")):
+            conn.execute(sa.text("INSERT INTO items (path, modality, size, mtime_ns, content_hash, facts, status) "
+                                 "VALUES (:p, :m, 10, 20, 'h', :facts, :s)"),
+                         {"p": path, "m": modality, "s": status, "facts": json.dumps({"w": 1})})
     engine.dispose()
     with pytest.raises(StoreError, match="needs migrating"):
         Storage(tmp_path, read_only=True)
     with Storage(tmp_path) as s:
         assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
         old = s.item_by_path("/old.jpg")
-        assert old.facts == {"w": 1} and old.root is None and old.indexed_at is not None
+        assert old.facts == {"w": 1} and old.root is None
+        if version < 2:
+            assert old.indexed_at is not None
+        assert s.counts() == {"audio": 2, "image": 1}  # v3: the per-modality counters start from the items
         s.add_root("/new")
         assert s.roots() == {"/new": None}
     with sqlite3.connect(tmp_path / "xsearch.db") as conn:

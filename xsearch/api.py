@@ -227,8 +227,9 @@ class Store:
     ) -> list[Hit]:
         """Search with one or more inputs, each a value, a ``(value, weight)`` pair, or a list of them.
 
-        Strings may carry a weight as ``"VALUE@WEIGHT"``. ``like`` takes indexed paths (their
-        stored vectors are used, nothing is re-embedded); ``vector`` takes raw embeddings.
+        Strings may carry a weight as ``"VALUE@WEIGHT"``. ``like`` takes indexed paths or item ids
+        (their stored vectors are used, nothing is re-embedded); ``vector`` takes raw embeddings.
+        ``folder`` and ``glob`` filter the results (see xsearch.query.filters for how they scale).
         """
         given = dict(text=text, image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu, like=like, vector=vector)
         inputs = [i for kind in _INPUT_KINDS for i in as_inputs(kind, given[kind])]
@@ -237,11 +238,11 @@ class Store:
         )
         return self.query(spec)
 
-    def query(self, spec: QuerySpec) -> list[Hit]:
-        """Run a prepared :class:`QuerySpec`."""
+    def query(self, spec: QuerySpec, *, validated: bool = False) -> list[Hit]:
+        """Run a prepared :class:`QuerySpec` (``validated``: ``spec.validate()`` has passed already)."""
         if any(i.kind in INPUT_MODALITIES for i in spec.inputs):
             self._check_model()
-        return run_query(spec, self.storage, lambda: self.embedder)
+        return run_query(spec, self.storage, lambda: self.embedder, validated=validated)
 
     # ------------------------------------------------------------ status
 

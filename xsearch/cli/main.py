@@ -182,7 +182,7 @@ def query(
         spec.validate()
         # Readers never write to the store (a concurrent index run owns it); see xsearch.storage.lock.
         with _open(store, model, device=device, create=False, read_only=True) as s:
-            hits = s.query(spec)
+            hits = s.query(spec, validated=True)
     if as_json:
         _emit_json({"query": spec.describe(), "results": [h.to_dict() for h in hits]})
     elif null:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from xsearch.errors import UsageError
 from xsearch.pathnames import stored_abspath
+from xsearch.query.filters import FilteredSearch, query_filters
 from xsearch.query.spec import QueryInput, QuerySpec
 from xsearch.storage import Storage
 
@@ -49,17 +50,22 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / n
 
 
-def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Callable[[], Any]) -> np.ndarray:
-    """One unit vector per input, embedding each modality's inputs in one batch."""
+def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Callable[[], Any],
+                  likes: dict[int, Any] | None = None) -> np.ndarray:
+    """One unit vector per input, embedding each modality's inputs in one batch. ``likes``: the items of
+    the ``like`` inputs by input position, as :func:`like_items` resolved them (resolved here if not given)."""
+    if likes is None:
+        likes = like_items(inputs, storage)
     out: list[np.ndarray | None] = [None] * len(inputs)
     by_kind: dict[str, list[int]] = {}
     for i, inp in enumerate(inputs):
         if inp.kind == "vector":
             out[i] = _unit(inp.value)
-        elif inp.kind == "like":
-            out[i] = _unit(storage.get_vectors([_like_item(inp.value, storage).id])[0])
-        else:
+        elif inp.kind != "like":
             by_kind.setdefault(inp.kind, []).append(i)
+    if likes:  # every like input's stored vector in one read
+        for i, v in zip(likes, storage.get_vectors([it.id for it in likes.values()])):
+            out[i] = _unit(v)
     for kind, idx in by_kind.items():  # before the model loads: a typo should not cost a model load
         if kind != "text":
             for i in idx:
@@ -77,11 +83,20 @@ def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Call
     return np.stack(out)
 
 
-def _find_like(value: str, storage: Storage) -> Any:
-    """The item stored under ``value`` as given (a name from add_vectors), else as a file path; or None.
+def like_items(inputs: list[QueryInput], storage: Storage) -> dict[int, Any]:
+    """{input position: stored item} for the ``like`` inputs: each looked up once per query."""
+    return {i: _like_item(inp.value, storage) for i, inp in enumerate(inputs) if inp.kind == "like"}
+
+
+def _find_like(value: str | int, storage: Storage) -> Any:
+    """The item ``value`` names: an item id (an int), else the item stored under ``value`` as given (a name
+    from add_vectors), else as a file path; or None.
 
     The same order as Store.remove, so "like" and "remove" agree on what a name means.
     """
+    if not isinstance(value, str):
+        found = storage.get_items([int(value)])
+        return found[0] if found else None
     for key in dict.fromkeys((value, stored_abspath(value))):
         item = storage.item_by_path(key)
         if item is not None:
@@ -89,13 +104,15 @@ def _find_like(value: str, storage: Storage) -> Any:
     return None
 
 
-def _like_item(value: str, storage: Storage) -> Any:
+def _like_item(value: str | int, storage: Storage) -> Any:
     """The stored item a ``like`` input names; a UsageError saying why when there is none to use.
 
     Worded without CLI flags: the Python and HTTP APIs raise the same messages.
     """
     item = _find_like(value, storage)
     if item is None:
+        if not isinstance(value, str):
+            raise UsageError(f"like: no item with id {value} in this store")
         if os.path.isdir(value):
             raise UsageError(f"like: {value} is a folder; name one indexed file in it")
         raise UsageError(f"like: {value} is not indexed in this store; index it first, or search with the file itself")
@@ -115,39 +132,42 @@ def _check_file(path: str, kind: str) -> None:
         raise UsageError(f"{path}: not a regular file ({kind} input)")
 
 
-def run_query(spec: QuerySpec, storage: Storage, get_embedder: Callable[[], Any]) -> list[Hit]:
-    spec.validate()
-    vectors = input_vectors(spec.inputs, storage, get_embedder)
+def run_query(spec: QuerySpec, storage: Storage, get_embedder: Callable[[], Any], *,
+              validated: bool = False) -> list[Hit]:
+    """Run a query. ``validated``: the caller has run ``spec.validate()`` already (the CLI does, before it
+    opens the store), so it is not run twice."""
+    if not validated:
+        spec.validate()
+    likes = like_items(spec.inputs, storage)
+    vectors = input_vectors(spec.inputs, storage, get_embedder, likes)
     q = compose(vectors, np.array([i.weight for i in spec.inputs]))
-    return search_vector(q, spec, storage)
+    return search_vector(q, spec, storage, exclude=[it.id for it in likes.values()])
 
 
-def search_vector(q: np.ndarray, spec: QuerySpec, storage: Storage) -> list[Hit]:
-    """Top-k over the target modalities for one composed unit vector, filters applied."""
-    counts = storage.counts()
-    targets = [m for m in (spec.targets or counts) if counts.get(m)]
-    # The like inputs' own items, as input_vectors resolved them (by name or by path).
-    exclude = {it.path for it in (_find_like(p, storage) for p in spec.exclude) if it is not None}
-    folder = os.path.join(stored_abspath(spec.folder), "") if spec.folder else None
-    # Excluded items and the score floor can remove candidates: ask for a few more.
-    want = spec.k + len(exclude)
+def search_vector(q: np.ndarray, spec: QuerySpec, storage: Storage, *,
+                  exclude: Iterable[int] | None = None) -> list[Hit]:
+    """Top-k over the target modalities for one composed unit vector, filters applied.
+
+    ``exclude``: ids never returned, the ``like`` inputs' own items ("more like this", not "this"); looked
+    up from the spec when not given. Nothing here reads more than the index search and the candidates:
+    the targets come from the per-modality counters or the loaded indexes, the filters from
+    xsearch.query.filters (a range of the path index, or tests on candidates)."""
+    if exclude is None:
+        exclude = [it.id for it in (_find_like(v, storage) for v in spec.exclude) if it is not None]
+    skip = set(exclude)
+    targets = storage.search_targets(spec.targets)
+    search = FilteredSearch(storage, query_filters(spec), total=sum(targets.values()))
+    want = spec.k + len(skip)  # the excluded items may be among the best: ask for that many more
     found: list[tuple[float, int, str]] = []
     for m in targets:
-        ids = None
-        if folder or spec.glob:
-            ids = storage.ids_matching(modality=m, prefix=folder, glob=spec.glob)
-            if len(ids) == 0:
-                continue
-        for item_id, score in storage.search(m, q[None, :], want, ids=ids)[0]:
-            if spec.min_score is None or score >= spec.min_score:
-                found.append((float(score), int(item_id), m))
+        found += [(float(score), int(item_id), m) for item_id, score in search.search(m, q, want, spec.min_score)]
     found.sort(key=lambda t: -t[0])
-    items = {it.id: it for it in storage.get_items([i for _, i, _ in found])}
+    items = search.fetch([i for _, i, _ in found if i not in skip])
     hits: list[Hit] = []
     for score, item_id, m in found:
         it = items.get(item_id)
-        if it is None or it.path in exclude:
-            continue  # removed meanwhile, or one of the --like inputs
+        if it is None or item_id in skip:
+            continue  # removed meanwhile, or one of the like inputs
         hits.append(Hit(len(hits) + 1, round(score, 6), it.path, it.modality, it.id, it.facts))
         if len(hits) == spec.k:
             break

@@ -37,7 +37,8 @@ _WEIGHT_RANGE = f"use 0 or a number from {MIN_WEIGHT:g} to {MAX_WEIGHT:g} in siz
 
 @dataclass
 class QueryInput:
-    """One query input. ``kind`` is a modality, ``"like"`` (an indexed path) or ``"vector"``."""
+    """One query input. ``kind`` is a modality, ``"like"`` (an indexed path, or an item id as an int) or
+    ``"vector"``."""
 
     kind: str
     value: Any
@@ -81,7 +82,7 @@ def as_inputs(kind: str, values: Any) -> list[QueryInput]:
     """Normalise a Python-API argument into inputs.
 
     Accepts a value, a ``(value, weight)`` pair, or a list of either. Strings use the
-    ``VALUE@WEIGHT`` syntax; vectors (``kind="vector"``) are arrays.
+    ``VALUE@WEIGHT`` syntax; vectors (``kind="vector"``) are arrays; ``like`` also takes item ids (ints).
     """
     if values is None:
         return []
@@ -95,7 +96,7 @@ def as_inputs(kind: str, values: Any) -> list[QueryInput]:
             raise UsageError(f"vector: expected one vector or a 2-d array of them, not an array of shape {arr.shape}")
         rows = arr[None] if arr.ndim == 1 else arr
         return [QueryInput("vector", r) for r in rows]
-    if _is_one(values):
+    if _is_one(values) or (kind == "like" and _is_id(values)):
         values = [values]
     elif not isinstance(values, (list, tuple)):
         raise UsageError(f"{kind}: expected {_expected(kind)}, a (value, weight) pair, or a list of them; "
@@ -105,10 +106,16 @@ def as_inputs(kind: str, values: Any) -> list[QueryInput]:
         if isinstance(v, tuple) and len(v) == 2:
             value, weight = v
             out.append(QueryInput(kind, _value(kind, value), check_weight(weight, f"{kind} input {value!r}")))
+        elif kind == "like" and _is_id(v):
+            out.append(QueryInput(kind, int(v)))
         else:
             value, weight = parse_weighted(_value(kind, v), is_path=(kind != "text"))
             out.append(QueryInput(kind, value, weight))
     return out
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_one(values: Any) -> bool:
@@ -119,14 +126,17 @@ def _is_one(values: Any) -> bool:
 
 
 def _expected(kind: str) -> str:
-    return "a string" if kind == "text" else "a file path"
+    return "a string" if kind == "text" else "an indexed path or an item id" if kind == "like" else "a file path"
 
 
-def _value(kind: str, value: Any) -> str:
-    """A text or path input as a str; anything else is the caller's mistake, said plainly."""
+def _value(kind: str, value: Any) -> str | int:
+    """A text or path input as a str (a like input's item id as an int); anything else is the caller's
+    mistake, said plainly."""
     if kind == "text":
         if isinstance(value, str):
             return value
+    elif kind == "like" and _is_id(value):
+        return int(value)
     elif isinstance(value, (str, bytes, os.PathLike)):
         return os.fsdecode(value)
     raise UsageError(f"{kind}: expected {_expected(kind)} or a (value, weight) pair, not {value!r} ({type(value).__name__})")
@@ -156,8 +166,8 @@ class QuerySpec:
     min_score: float | None = None
 
     @property
-    def exclude(self) -> tuple[str, ...]:
-        """Paths never returned: the ``like`` inputs themselves ("more like this", not "this")."""
+    def exclude(self) -> tuple[str | int, ...]:
+        """Never returned: the ``like`` inputs themselves, paths or item ids ("more like this", not "this")."""
         return tuple(i.value for i in self.inputs if i.kind == "like")
 
     def validate(self) -> None:
@@ -170,6 +180,8 @@ class QuerySpec:
             if i.kind == "vector":
                 continue
             check_weight(i.weight, f"{i.kind} input {i.value!r}")
+            if i.kind == "like" and _is_id(i.value):
+                continue  # an item id; one that names no item is reported when looked up
             if not isinstance(i.value, str):
                 raise UsageError(f"{i.kind}: expected {_expected(i.kind)}, not {i.value!r} ({type(i.value).__name__})")
             if not i.value.strip():

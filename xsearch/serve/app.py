@@ -619,10 +619,10 @@ class _Service:
     # ------------------------------------------------------------ searching
 
     def search(self, req: SearchRequest) -> list[dict[str, Any]]:
-        """Blocking: resolve ``like`` ids, run Store.search under the model lock, describe the hits."""
+        """Blocking: run Store.search (under the model lock when it embeds), describe the hits."""
         store = self.current()
         if "like" in req.inputs:
-            req.inputs["like"] = [self._like_path(store, v) for v in req.inputs["like"]]
+            req.inputs["like"] = [self._like_value(v) for v in req.inputs["like"]]
         needs_model = any(kind in INPUT_MODALITIES for kind in req.inputs)
         # like/vector searches never touch the model (and storage searches are thread-safe): no queue for them.
         with self.model_lock if needs_model else contextlib.nullcontext():
@@ -632,15 +632,15 @@ class _Service:
         return [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts) for h in hits]
 
     @staticmethod
-    def _like_path(store: Any, value: int | str) -> str:
-        """``like`` takes an item id (as a number or ASCII digits) or an indexed path (``PATH@WEIGHT`` allowed)."""
+    def _like_value(value: int | str) -> int | str:
+        """``like`` takes an item id (as a number or ASCII digits) or an indexed path (``PATH@WEIGHT`` allowed):
+        ids go to Store.search as ints, which looks each one up once (a missing one is a 422 from there)."""
         if isinstance(value, str) and not _DIGITS.fullmatch(value):
             return value
         iid = parse_item_id(value) if isinstance(value, str) else value
-        found = store.storage.get_items([iid]) if iid is not None and 0 <= iid <= MAX_ITEM_ID else []
-        if not found:
+        if iid is None or not 0 <= iid <= MAX_ITEM_ID:
             raise ApiError(422, f"like: no item with id {str(value)[:40]} in this store")
-        return found[0].path
+        return iid
 
 
 def _snippet(path: str) -> str:

@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 FLAT_FACTORY = "IDMap2,Flat"
 SIDECAR_FORMAT = 1
 TUNE_K = 10  # nprobe is tuned for recall@10
+# One BLAS call scores at most this many vector elements for one query. OpenBLAS runs larger matrix-vector
+# products on several threads, and on a machine whose cores are busy with other work those threads wait
+# for each other for a scheduler slice: 600 re-ranked 1024-d candidates took ~24 ms instead of 0.02 ms in
+# such bursts on the 2-core bench machine. Blocks below its threshold stay on the calling thread.
+_SCORE_BLOCK = 1 << 18
 
 
 class Fetch(Protocol):
@@ -261,9 +266,26 @@ class ModalityIndex:
         if self.kind == "flat":
             return self._search_flat(queries, k, ids)
         if ids is not None and len(ids) <= policy.exact_ids_max:
+            cache = self.cache
+            if cache is not None and cache.damaged is None:  # holds exactly this index's vectors
+                return _exact_over(queries, k, ids, _cache_only(cache), fallback=_after_damage(cache, fetch))
             return _exact_over(queries, k, ids, fetch)
-        return self._search_ivf(queries, k, fetch, ids=ids, nprobe=self.nprobe or 1,
-                                rerank=self.rerank or policy.rerank)
+        nprobe, rerank = self.nprobe or 1, self.rerank or policy.rerank
+        if ids is None:
+            # A deep search (a large k: filtered queries ask for more until enough pass) needs more candidates
+            # than the tuned lists hold: probe at least as many lists as hold that many codes on average.
+            nlist = self.nlist or 1
+            nprobe = max(nprobe, min(nlist, math.ceil(self._candidate_count(k, rerank) * nlist / self.ntotal)))
+        return self._search_ivf(queries, k, fetch, ids=ids, nprobe=nprobe, rerank=rerank, complete=True)
+
+    def _candidate_count(self, k: int, rerank: int) -> int:
+        """How many candidates a top-k search takes from the lists (IVF-PQ: to re-rank; IVF-Flat: k)."""
+        if self.kind == "ivfflat":
+            return min(self.ntotal, k)
+        # nprobe holds as the index grows (list membership does not change), but more vectors crowd
+        # into the codes' error band: re-rank proportionally more candidates than tuning needed.
+        growth = max(1.0, self.ntotal / self.trained_on) if self.trained_on else 1.0
+        return min(self.ntotal, math.ceil(max(k, TUNE_K) * rerank * growth))
 
     def _search_flat(self, queries: np.ndarray, k: int, ids: np.ndarray | None) -> Results:
         k = min(k, self.ntotal)
@@ -274,26 +296,28 @@ class ModalityIndex:
             if gpu is not None:
                 scores, labels = gpu.search(queries, k)
             else:
-                scores, labels = self.index.search(queries, k, params=params)
+                with _calling_thread_only(len(queries)):
+                    scores, labels = self.index.search(queries, k, params=params)
         return _hits(labels, scores)
 
     def _search_ivf(self, queries: np.ndarray, k: int, fetch: Fetch, *, ids: np.ndarray | None,
-                    nprobe: int, rerank: int) -> Results:
+                    nprobe: int, rerank: int, complete: bool = False) -> Results:
+        """Top-k through the lists. A query left with fewer than k results while more vectors are allowed
+        (they sit in lists not probed) is searched again over every list when `ids` restrict the search,
+        or when `complete` (searches do: fewer than k results then means fewer than k exist; tuning
+        does not, as it measures what each nprobe finds)."""
         nlist = self.nlist or 1
         sel = None
         if ids is not None:
             sel = faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64))
             # Few allowed ids live in few lists: probe proportionally more lists to still find k of them.
             nprobe = min(nlist, math.ceil(nprobe * self.ntotal / max(len(ids), 1)))
+        kc = self._candidate_count(k, rerank)
         if self.kind == "ivfflat":  # the lists hold the vectors: the index's scores are exact
             def probe(q: np.ndarray, n_probe: int) -> Results:
-                scores, labels = self._candidates(q, min(self.ntotal, k), n_probe, sel)
+                scores, labels = self._candidates(q, kc, n_probe, sel)
                 return _hits(labels, scores)
         else:
-            # nprobe holds as the index grows (list membership does not change), but more vectors crowd
-            # into the codes' error band: re-rank proportionally more candidates than tuning needed.
-            growth = max(1.0, self.ntotal / self.trained_on) if self.trained_on else 1.0
-            kc = min(self.ntotal, math.ceil(max(k, TUNE_K) * rerank * growth))
             cache, fallback = self.cache, None
             if cache is not None and cache.damaged is None:
                 fetch, fallback = _cache_first(cache, fetch), _after_damage(cache, fetch)
@@ -301,8 +325,8 @@ class ModalityIndex:
             def probe(q: np.ndarray, n_probe: int) -> Results:
                 return _rerank(q, self._candidates(q, kc, n_probe, sel)[1], k, fetch, fallback=fallback)
         results = probe(queries, nprobe)
-        if ids is not None and nprobe < nlist:
-            want = min(k, len(ids))
+        if (ids is not None or complete) and nprobe < nlist:
+            want = min(k, self.ntotal if ids is None else len(ids))
             short = [i for i, r in enumerate(results) if len(r) < want]
             if short:  # the allowed ids sit in lists we did not probe: look everywhere for those queries
                 for i, r in zip(short, probe(queries[short], nlist)):
@@ -315,7 +339,8 @@ class ModalityIndex:
         with self.lock.read():
             if gpu is not None:
                 return gpu.search(queries, kc)
-            return self.index.search(queries, kc, params=_ivf_params(self.index, nprobe, sel))
+            with _calling_thread_only(len(queries)):
+                return self.index.search(queries, kc, params=_ivf_params(self.index, nprobe, sel))
 
     def _gpu_index(self) -> object | None:
         """A GPU copy for unrestricted searches when faiss was built with GPUs; None otherwise."""
@@ -598,7 +623,7 @@ def _rerank(queries: np.ndarray, labels: np.ndarray, k: int, fetch: Fetch, block
         wanted = np.unique(l_block[l_block >= 0])
         found_ids, vecs = fetch(wanted) if len(wanted) else (np.zeros(0, np.int64), None)
         if len(found_ids):
-            scores = vecs @ q_block.T  # (found, queries in block)
+            scores = _scores(vecs, q_block)  # (found, queries in block)
             if not np.isfinite(scores).all():  # one pass over a few hundred scores: the healthy path's cost
                 found_ids, scores = _rescore(found_ids, scores, q_block, fallback)
         if not len(found_ids):
@@ -623,7 +648,7 @@ def _rescore(ids: np.ndarray, scores: np.ndarray, queries: np.ndarray,
         again_ids, again = fallback(ids[bad])
         if len(again_ids):
             row_of = {int(ids[r]): r for r in bad}  # only the damaged rows: few
-            scores[[row_of[int(i)] for i in again_ids]] = again @ queries.T
+            scores[[row_of[int(i)] for i in again_ids]] = _scores(again, queries)
     keep = np.isfinite(scores).all(axis=1)
     return ids[keep], scores[keep]
 
@@ -654,14 +679,55 @@ def _cache_first(cache: VectorCache, fetch: Fetch) -> Fetch:
     return read
 
 
-def _exact_over(queries: np.ndarray, k: int, ids: np.ndarray, fetch: Fetch) -> Results:
-    """Exact search restricted to a few ids: read their vectors and score them all."""
+def _exact_over(queries: np.ndarray, k: int, ids: np.ndarray, fetch: Fetch, *,
+                fallback: Fetch | None = None) -> Results:
+    """Exact search restricted to a few ids: read their vectors (those of this modality) and score them all.
+    A vector whose score is not finite is read again through `fallback`, else dropped (as in _rerank)."""
     found_ids, vecs = fetch(np.unique(np.asarray(ids, dtype=np.int64)), check_modality=True)
     if not len(found_ids):
         return [[] for _ in range(len(queries))]
-    scores = queries @ vecs.T
-    ok = np.isfinite(scores)  # a damaged stored vector must not put a NaN into results
-    return [_top_k(found_ids[m], s[m], k) for s, m in zip(scores, ok)]
+    scores = _scores(vecs, queries)  # (found, queries)
+    if not np.isfinite(scores).all():  # a damaged stored vector must not put a NaN into results
+        found_ids, scores = _rescore(found_ids, scores, queries, fallback)
+    return [_top_k(found_ids, scores[:, j], k) for j in range(len(queries))]
+
+
+def _scores(vecs: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """(rows, queries) inner products; for one query in row blocks that each stay on the calling thread
+    (_SCORE_BLOCK). Several queries make a matrix product, which gains from BLAS's threads."""
+    rows = max(1, _SCORE_BLOCK // max(1, vecs.shape[1]))
+    if len(queries) != 1 or len(vecs) <= rows:
+        return vecs @ queries.T
+    return np.concatenate([vecs[i: i + rows] @ queries.T for i in range(0, len(vecs), rows)])
+
+
+@contextmanager
+def _calling_thread_only(nq: int) -> Iterator[None]:
+    """FAISS on this thread alone for a single query: its OpenMP team has nothing to share out (one query),
+    and on busy cores the team's threads wait for each other (a 50k x 1024 exact search: 66 ms instead of
+    160 ms measured under load). The thread count is per calling thread, so other threads keep theirs."""
+    if nq != 1:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    if before == 1:
+        yield
+        return
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _cache_only(cache: VectorCache) -> Fetch:
+    """Vectors from the re-rank cache, which holds exactly its index's: an id it lacks is not in this
+    modality's index (another modality's item, a failed or removed one) and is left out, with no database
+    read to find that out."""
+    def read(ids: np.ndarray, *, check_modality: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        found, x, _ = cache.fetch(ids)
+        return found, x
+    return read
 
 
 _GPU_RES = None

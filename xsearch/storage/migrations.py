@@ -74,7 +74,15 @@ def _v2_roots(conn: sa.Connection) -> None:
     conn.execute(sa.text("UPDATE items SET indexed_at = :t"), {"t": time.time()})
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots]
+def _v3_counts(conn: sa.Connection) -> None:
+    """Per-modality counts of ok items in meta (``count:<modality>``), kept from now on by every write in the
+    same transaction as the modality's write counter, so that neither a query nor ``status`` counts rows."""
+    rows = conn.execute(sa.text("SELECT modality, count(*) FROM items WHERE status = 'ok' GROUP BY modality")).all()
+    for modality, n in rows:
+        conn.execute(sa.text("INSERT INTO meta (key, value) VALUES (:k, :v)"), {"k": f"count:{modality}", "v": str(n)})
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots, _v3_counts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

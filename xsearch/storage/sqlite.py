@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -82,15 +83,49 @@ def _install_pragmas(engine: sa.Engine, *, read_only: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write and not read_only else "BEGIN")
 
 
+# A read statement's runner: run(sql, params) -> rows as tuples. Storage runs the query path's reads
+# straight on a pooled driver connection (see Storage._sqlite_read), other reads through SQLAlchemy (sa_run).
+Run = Callable[[str, Sequence[Any]], list]
+
+
+def sa_run(conn: sa.Connection) -> Run:
+    return lambda sql, params: conn.exec_driver_sql(sql, tuple(params)).all()
+
+
 # One statement for any number of ids: a JSON array bound as ONE parameter. Against `IN (?, ?, ...)`
 # this skips SQLAlchemy's per-call expansion of the list and the 999-variable chunking, and SQLite
 # caches the prepared statement (a 600-candidate re-rank read: ~0.5 ms instead of ~2 ms).
 _VECTORS_BY_IDS = "SELECT item_id, data FROM vectors WHERE item_id IN (SELECT value FROM json_each(?))"
 
 
-def vectors_by_ids(conn: sa.Connection, ids: list[int]) -> list[tuple[int, bytes]]:
+def vectors_by_ids(run: Run, ids: list[int]) -> list[tuple[int, bytes]]:
     """(item_id, data) rows of the vectors table for these ids, in the database's order."""
-    return conn.exec_driver_sql(_VECTORS_BY_IDS, (json.dumps(ids),)).all()
+    return run(_VECTORS_BY_IDS, (json.dumps(ids),))
+
+
+def rows_by_ids(run: Run, table: str, columns: Sequence[str], ids: list[int]) -> list[tuple]:
+    """Rows of `table` (these columns, in this order) whose id is one of `ids`, the same way."""
+    return run(f"SELECT {', '.join(columns)} FROM {table} WHERE id IN (SELECT value FROM json_each(?))",
+               (json.dumps(ids),))
+
+
+def paths_in_range(run: Run, lo: str | None, hi: str | None, *, limit: int | None,
+                   with_paths: bool) -> tuple[list[int], list[str]]:
+    """(ids, paths) of the items whose path is in [lo, hi) (None: unbounded), in path order; paths only
+    `with_paths` (else []). At most `limit` of them.
+
+    Only the path index is read (it holds each row's id): a range of it when bounded. SQLite compares TEXT
+    by its UTF-8 bytes (the column's BINARY collation), which orders like Python compares str. No other
+    column is constrained, so the planner has no other index to pick (naming modality too makes it scan
+    the whole modality through ix_items_modality_status: 0.8 s at 1M items instead of 3 ms). The rows come
+    back as one JSON array per column, built by SQLite: 10,000 ids in 2 ms rather than 9 ms as rows."""
+    where = " AND ".join(c for c, v in (("path >= ?", lo), ("path < ?", hi)) if v is not None)
+    inner = (f"SELECT id, path FROM items{' WHERE ' + where if where else ''} ORDER BY path"
+             f"{' LIMIT ?' if limit is not None else ''}")
+    cols = "json_group_array(id), " + ("json_group_array(path)" if with_paths else "'[]'")
+    params = tuple(v for v in (lo, hi, limit) if v is not None)
+    ((ids, paths),) = run(f"SELECT {cols} FROM ({inner})", params)
+    return json.loads(ids), json.loads(paths)
 
 
 def integrity_problems(conn: sa.Connection) -> list[str]:
