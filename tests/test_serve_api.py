@@ -23,23 +23,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import xsearch
-from tests.corpus import build_corpus
+from tests.helpers.serve import index_corpus, item_id, post_form, raw_get, raw_request
 from xsearch.cli.main import app as cli_app
 from xsearch.errors import UsageError
 from xsearch.serve import BackgroundServer, check_bind, is_loopback
 
 UPLOAD_LIMIT = 2_000_000  # small, so the 413 test stays cheap; every corpus file is far below it
 UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
-
-
-def index_corpus(root: Path, golden: Path, model: str) -> tuple[xsearch.Store, dict[str, list[Path]]]:
-    files = build_corpus(root, golden)
-    store = xsearch.open(root / "store", model=model)
-    store.index([root / "media"])
-    store.index([root / "depth"], modality="depth")
-    store.index([root / "thermal"], modality="thermal")
-    store.index([root / "imu"])
-    return store, files
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +50,6 @@ def server(corpus):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=120) as c:
         yield c
-
-
-def item_id(store: xsearch.Store, path: Path) -> int:
-    return store.storage.item_by_path(str(path)).id
-
-
-def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:
-    """A GET that sends ``path`` byte for byte (httpx would normalise ``..`` away)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def upload_dirs() -> set[str]:
@@ -155,7 +130,7 @@ def test_like_by_id_and_by_path(client, corpus):
     expected = store.search(like=str(a), target="image")
     assert [x["path"] for x in by_id] == [x["path"] for x in by_path] == [h.path for h in expected]
     assert str(a) not in [x["path"] for x in by_id]
-    form = client.post("/api/search", data={"like": str(item_id(store, a)), "target": "image"}).json()["results"]
+    form = post_form(client, {"like": str(item_id(store, a)), "target": "image"}).json()["results"]
     assert [x["path"] for x in form] == [h.path for h in expected]
 
 
@@ -287,16 +262,17 @@ def test_bad_requests_get_4xx(client):
         ({"json": {"like": 999999}}, 422),
         ({"json": {"text": "x", "filters": {"folder": 3}}}, 422),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
-        ({"data": {"image": "not a file"}}, 422),
-        ({"data": {"text": "x", "k": "many"}}, 422),
-        ({"data": {"text": "x", "flavour": "sweet"}}, 422),
+        ({"files": {"image": (None, "not a file")}}, 422),
+        ({"files": {"text": (None, "x"), "k": (None, "many")}}, 422),
+        ({"files": {"text": (None, "x"), "flavour": (None, "sweet")}}, 422),
     ]
     for kwargs, status in cases:
         r = client.post("/api/search", **kwargs)
         assert r.status_code == status, (kwargs, r.status_code, r.text)
         assert r.json()["detail"]
     # A relative folder would mean the server's working directory, which no client can know.
-    for kwargs in ({"json": {"text": "x", "filters": {"folder": "media/notes"}}}, {"data": {"text": "x", "folder": "media"}}):
+    for kwargs in ({"json": {"text": "x", "filters": {"folder": "media/notes"}}},
+                   {"files": {"text": (None, "x"), "folder": (None, "media")}}):
         r = client.post("/api/search", **kwargs)
         assert r.status_code == 422 and "absolute path" in r.json()["detail"], (kwargs, r.text)
 
@@ -385,7 +361,7 @@ def test_non_loopback_without_token_refuses_to_start(corpus):
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("example.com")
     with pytest.raises(UsageError, match="token"):
         check_bind("0.0.0.0", None)
-    check_bind("0.0.0.0", "s3cret")
+    check_bind("0.0.0.0", "s3cret-s3cret-s3cret")
     check_bind("127.0.0.1", None)
     with pytest.raises(UsageError, match="token"):
         BackgroundServer(corpus["store"], host="0.0.0.0")
@@ -397,7 +373,7 @@ def test_non_loopback_without_token_refuses_to_start(corpus):
 @pytest.fixture(scope="module")
 def token_server(corpus):
     """`xsearch serve --token` as a user runs it, as a process, on a port it picks (--port 0)."""
-    token = "s3cret/+token"
+    token = "s3cret/+token-0123456789"
     cmd = [sys.executable, "-m", "xsearch.cli.main", "serve", "--port", "0", "--token", token,
            "--store", str(corpus["root"] / "store")]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -513,7 +489,7 @@ def test_malformed_ids_and_values_get_json_4xx(client, server, corpus):
     deep = b"[" * 100_000 + b"]" * 100_000
     r = client.post("/api/search", content=deep, headers={"content-type": "application/json"})
     assert r.status_code == 400 and "nested" in r.json()["detail"]
-    r = client.post("/api/search", data={"text": "dog", "k": "²"})
+    r = post_form(client, {"text": "dog", "k": "²"})
     assert r.status_code == 422 and "k must be" in r.json()["detail"]
     # an upload beside a bad field: the error names the field, not the (fine) upload
     photo = corpus["files"]["image"][0]
@@ -572,13 +548,13 @@ def test_invalid_range_sends_the_whole_file_and_head_works(client, corpus):
 
 
 def test_tokens_with_plus_or_non_ascii_characters(corpus):
-    token = "ab+c/dé"
+    token = "0123456789ab+c/dé"
     with BackgroundServer(corpus["store"], token=token) as srv:
-        assert raw_get(srv.port, "/api/status?token=ab+c/d%C3%A9")[0] == 200  # pasted unencoded: "+" kept
-        assert raw_get(srv.port, "/api/status?token=ab%2Bc%2Fd%C3%A9")[0] == 200
-        assert raw_get(srv.port, "/api/status?token=ab%20c/d%C3%A9")[0] == 401
-        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer ab+c/d\u00c3\u00a9"})[0] == 200  # UTF-8 bytes
-        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer ab+c/d\u00e9"})[0] == 401  # latin-1 byte
+        assert raw_get(srv.port, "/api/status?token=0123456789ab+c/d%C3%A9")[0] == 200  # pasted unencoded: "+" kept
+        assert raw_get(srv.port, "/api/status?token=0123456789ab%2Bc%2Fd%C3%A9")[0] == 200
+        assert raw_get(srv.port, "/api/status?token=0123456789ab%20c/d%C3%A9")[0] == 401
+        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer 0123456789ab+c/d\u00c3\u00a9"})[0] == 200  # UTF-8
+        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer 0123456789ab+c/d\u00e9"})[0] == 401  # latin-1
 
 
 def test_text_in_a_legacy_encoding_is_served_with_its_charset(client, corpus):

@@ -241,6 +241,11 @@ class Store:
         """Run a prepared :class:`QuerySpec`."""
         if any(i.kind in INPUT_MODALITIES for i in spec.inputs):
             self._check_model()
+        dim = self.storage.dim
+        for i in spec.inputs:
+            if i.kind == "vector" and dim is not None and len(i.value) != dim:
+                # Said of the store: the index searched first (whichever modality) is beside the point.
+                raise UsageError(f"a query vector has {len(i.value)} numbers, but this store's embeddings have {dim}")
         return run_query(spec, self.storage, lambda: self.embedder)
 
     # ------------------------------------------------------------ status

@@ -291,7 +291,7 @@ def serve(
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
     token: Optional[str] = typer.Option(None, "--token", envvar="XSEARCH_TOKEN", help="Require this token on every request (Bearer header or ?token=)."),
-    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", min=0.001, help="Largest request body accepted (MB); larger ones get 413."),
+    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", min=0.001, max=1_000_000, help="Largest request body accepted (MB); larger ones get 413."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Serve the web page and HTTP API (docs at /docs) over a store."""

@@ -27,13 +27,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xsearch import __version__
@@ -50,9 +56,14 @@ STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1000 * 1000
 MAX_K = 1000
 UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
+FILE_FIELDS = ("text", *UPLOAD_MODALITIES)  # a text file uploaded under "text" is read as the indexer reads it
 JSON_KEYS = ("text", "like", "vector", "target", "k", "filters")
 FILTER_KEYS = ("folder", "glob", "min_score")
-FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight" for m in UPLOAD_MODALITIES)
+FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight" for m in FILE_FIELDS)
+# What the API says of a failed file it does not serve: the indexer's reason may quote the file's content.
+WITHHELD_REASON = ("could not be indexed; the reason is not shown for a file this server does not serve "
+                   "(`xsearch status` on the server shows it)")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud800" escapes decode to these: not encodable text
 SNIPPET_CHARS = 300
 TEXT_SNIFF_BYTES = 1 << 16  # read to choose a text file's charset
 TOKEN_COOKIE = "xsearch_token"
@@ -138,13 +149,25 @@ def valid_range(header: str) -> bool:
 
 class MediaFileResponse(FileResponse):
     """A FileResponse that ignores an invalid Range header and sends the whole file (RFC 9110 allows it),
-    where Starlette answers a plain-text 400."""
+    where Starlette answers a plain-text 400, and answers a range beyond the file with JSON like every error."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope.get("headers") or []
         rng = next((v for k, v in headers if k == b"range"), None)
-        if rng is not None and not valid_range(rng.decode("latin-1")):
-            scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"range"]}
+        if rng is not None:
+            text, ignore = rng.decode("latin-1"), not valid_range(rng.decode("latin-1"))
+            if not ignore:
+                size = os.stat(self.path).st_size
+                try:
+                    self._parse_range_header(text, size)
+                except MalformedRangeHeader:
+                    ignore = True
+                except RangeNotSatisfiable:
+                    detail = f"the range {show(text)} lies beyond the file, which has {size} bytes"
+                    response = JSONResponse({"detail": detail}, status_code=416, headers={"Content-Range": f"bytes */{size}"})
+                    return await response(scope, receive, send)
+            if ignore:
+                scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"range"]}
         await super().__call__(scope, receive, send)
 
 
@@ -176,6 +199,7 @@ class SearchRequest:
     glob: str | None = None
     min_score: float | None = None
     labels: dict[str, str] = field(default_factory=dict)  # temp path -> uploaded file name
+    text_files: dict[str, str] = field(default_factory=dict)  # an uploaded text file's content -> its name
 
     def add(self, kind: str, value: Any) -> None:
         self.inputs.setdefault(kind, []).append(value)
@@ -191,7 +215,9 @@ class SearchRequest:
         for kind, values in self.inputs.items():
             for inp in as_inputs(kind, values):
                 d = inp.describe()
-                if isinstance(d["value"], str):
+                if kind == "text" and d["value"] in self.text_files:
+                    d["value"] = self.text_files[d["value"]]  # the file's name, not its whole content
+                elif isinstance(d["value"], str):
                     d["value"] = self.relabel(d["value"])
                 inputs.append(d)
         filters = {"folder": self.folder, "glob": self.glob, "min_score": self.min_score}
@@ -249,11 +275,32 @@ def _parse_vector(value: Any) -> list[list[float]]:
     for row in rows:
         if not isinstance(row, list) or not row or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row):
             raise ApiError(422, "vector must be a list of numbers, or a list of such lists")
+    lengths = sorted({len(row) for row in rows})
+    if len(lengths) > 1:
+        raise ApiError(422, f"vector rows must all have the same length, not lengths {show(lengths)}")
     return rows
+
+
+def _refuse_surrogates(body: Any) -> None:
+    """400 for a lone surrogate (``"\\ud800"``) anywhere in a JSON body: it is no text, it cannot be stored,
+    searched for or echoed back. Iterative: the decoder already bounds the nesting, but not our stack."""
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise ApiError(400, "the JSON body holds a lone surrogate escape (such as \\ud800) in a string: "
+                                    "that is not valid Unicode text; send text as UTF-8")
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def parse_json_search(body: Any) -> SearchRequest:
     """``{"text", "like", "vector", "target", "k", "filters": {"folder", "glob", "min_score"}}``."""
+    _refuse_surrogates(body)
     if not isinstance(body, dict):
         raise ApiError(422, 'the JSON body must be an object such as {"text": "a dog", "target": "image"}')
     for m in UPLOAD_MODALITIES:
@@ -315,7 +362,7 @@ def _save_upload(upload: UploadFile, dest: str) -> int:
 
 
 def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
-    """Multipart fields: files under image/audio/video/depth/thermal/imu, ``<modality>_weight``,
+    """Multipart fields: files under text/image/audio/video/depth/thermal/imu, ``<modality>_weight``,
     ``text`` (repeatable, VALUE@WEIGHT), ``like``, ``target``, ``k``, ``folder``, ``glob``, ``min_score``.
 
     Uploaded files are copied into ``tmpdir`` keeping their extension (blocking: call in a thread).
@@ -325,13 +372,13 @@ def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
     fields: dict[str, list[str]] = {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
-            if key not in UPLOAD_MODALITIES:
-                raise ApiError(422, f"unknown upload field {key!r}; upload files under one of {', '.join(UPLOAD_MODALITIES)}")
+            if key not in FILE_FIELDS:
+                raise ApiError(422, f"unknown upload field {key!r}; upload files under one of {', '.join(FILE_FIELDS)}")
             files.setdefault(key, []).append(value)
         elif key in UPLOAD_MODALITIES:
             raise ApiError(422, f"field {key!r} must be an uploaded file, not a plain form value")
         elif key not in FORM_FIELDS:
-            raise ApiError(422, f"unknown form field {key!r}; expected files under {', '.join(UPLOAD_MODALITIES)} "
+            raise ApiError(422, f"unknown form field {key!r}; expected files under {', '.join(FILE_FIELDS)} "
                                 f"or fields {', '.join(FORM_FIELDS)}")
         else:
             fields.setdefault(key, []).append(value)
@@ -346,6 +393,10 @@ def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
     if fields.get("k"):
         req.k = _parse_k(fields["k"][-1])
     _set_filters(req, {key: fields[key][-1] for key in FILTER_KEYS if fields.get(key)})
+    for modality in FILE_FIELDS:
+        if fields.get(f"{modality}_weight") and modality not in files:
+            raise ApiError(422, f"{modality}_weight is the weight of uploaded {modality} files, and no {modality} "
+                                f"file was uploaded: upload one under the field {modality!r}, or drop the weight")
     n = 0
     for modality, uploads in files.items():
         weights = [_parse_number(f"{modality}_weight", w) for w in fields.get(f"{modality}_weight", [])]
@@ -358,10 +409,25 @@ def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
             n += 1
             if _save_upload(upload, dest) == 0:
                 raise ApiError(400, f"uploaded {modality} file {name!r} is empty")
-            req.labels[dest] = name
             weight = weights[i] if len(weights) == len(uploads) else (weights[0] if weights else 1.0)
+            if modality == "text":
+                text = _read_text_upload(dest, name)
+                req.text_files[text] = name
+                req.add("text", (text, weight))
+                continue
+            req.labels[dest] = name
             req.add(modality, (dest, weight))
     return req
+
+
+def _read_text_upload(path: str, name: str) -> str:
+    """An uploaded text file's text, decoded as the indexer decodes text files (so it finds itself)."""
+    from xsearch.engine.preprocess.text import load_text
+
+    try:
+        return load_text(path)
+    except MediaError as e:
+        raise ApiError(400, f"uploaded text file {name!r}: {e.reason}") from e
 
 
 # --------------------------------------------------------------------------- middleware
@@ -434,6 +500,52 @@ class TokenAuth:
                 await send(message)
 
             return await self.app(scope, receive, send_with_cookie)
+        await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """On every answer, errors included: no content-type sniffing (a served file is only ever what its type
+    says) and no framing by other sites (clickjacking)."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+               (b"content-security-policy", b"frame-ancestors 'none'")]
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class SameOriginWrites:
+    """403 for a POST made by another site's page. A form or fetch on any web page can POST to a loopback
+    server without a token (it cannot read the answer, but it runs the model); browsers say where a request
+    comes from in Sec-Fetch-Site, older ones in Origin. Clients that are not browsers send neither."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            headers = dict(scope["headers"])
+            site, origin = headers.get(b"sec-fetch-site"), headers.get(b"origin")
+            if site is not None:
+                cross = site.strip().lower() not in (b"same-origin", b"none")
+            elif origin is not None:  # "null" (a sandboxed frame, a file) has no host: cross-site too
+                cross = urlsplit(origin.decode("latin-1").strip()).netloc.lower() != headers.get(b"host", b"").decode("latin-1").lower()
+            else:
+                cross = False
+            if cross:
+                detail = "cross-site request refused: only this server's own page (or a client that is not a browser) may search"
+                return await JSONResponse({"detail": detail}, status_code=403)(scope, receive, send)
         await self.app(scope, receive, send)
 
 
@@ -659,8 +771,47 @@ def _cached_preview(modality: str, path: str, size: int, mtime_ns: int) -> bytes
     return render_preview(modality, path)  # size and mtime are in the key so an edited file re-renders
 
 
+def _slash_redirect(app: FastAPI, scope: Scope) -> str | None:
+    """Where ``/media/10/`` (a GET that only misses by its trailing slash) goes: a path-only Location, never
+    built from the Host header (which the client chose), and without the token, which never belongs in one."""
+    path = scope["path"]
+    if scope["method"] not in ("GET", "HEAD") or path == "/" or not path.endswith("/"):
+        return None
+    stripped = "/" + path.strip("/")  # one leading slash: "//host" would be a link to another site
+    probe = {**scope, "path": stripped}
+    if not any(route.matches(probe)[0] == Match.FULL for route in app.router.routes):
+        return None
+    query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+             if k != "token"]
+    return quote(stripped) + (f"?{urlencode(query)}" if query else "")
+
+
 def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
+
+
+class _CompleteMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, noting whether the closing boundary arrived: python-multipart takes a
+    body cut short without a word, silently dropping the part it was in."""
+
+    complete = False
+
+    def on_end(self) -> None:
+        self.complete = True
+
+
+async def _read_form(request: Request) -> FormData:
+    """The multipart form of ``request``; 400 when it is malformed, over the part limits, or truncated."""
+    parser = _CompleteMultiPartParser(request.headers, request.stream(), max_files=MAX_FILES, max_fields=MAX_FIELDS)
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise ApiError(400, f"the multipart body cannot be read: {e}") from e
+    if not parser.complete:
+        await form.close()
+        raise ApiError(400, "the multipart body is truncated (it ends before its closing boundary): "
+                            "send the whole request again")
+    return form
 
 
 def create_app(
@@ -700,6 +851,7 @@ def create_app(
         version=__version__,
         docs_url="/docs/swagger",  # Swagger UI needs its CDN; /docs below works offline
         lifespan=lifespan,
+        redirect_slashes=False,  # Starlette's would build an absolute URL from the Host header: see _not_found
     )
     app.state.service = svc
 
@@ -715,6 +867,20 @@ def create_app(
     async def _too_large(_request: Request, exc: UploadTooLarge) -> JSONResponse:
         return _error(413, str(exc))
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _exc: ClientDisconnect) -> Response:
+        # Not a server fault (a closed tab, a cancelled upload): one line, no traceback.
+        logging.getLogger("uvicorn.error").info("%s %s: the client disconnected before sending the whole request",
+                                                request.method, request.url.path)
+        return Response(status_code=400)  # nobody is left to read it
+
+    @app.exception_handler(HTTPException)
+    async def _not_found(request: Request, exc: HTTPException) -> Response:
+        location = _slash_redirect(app, request.scope) if exc.status_code == 404 else None
+        if location is not None:
+            return Response(status_code=307, headers={"Location": location})
+        return await http_exception_handler(request, exc)
+
     @app.post(
         "/api/search",
         summary="Search by text, uploaded files, indexed items (like) or vectors",
@@ -722,8 +888,12 @@ def create_app(
     )
     async def search(request: Request) -> JSONResponse:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if ctype == "multipart/form-data":
             return await _search_form(request)
+        if ctype != "application/json":
+            # Forms and text/plain are what another site's page may send without asking: refused.
+            raise ApiError(415, f"send the search as application/json or multipart/form-data, "
+                                f"not {show(ctype) if ctype else 'a body without a Content-Type'}")
         try:
             body = await request.json()
         except RecursionError as e:  # the decoder recurses per nesting level
@@ -737,8 +907,11 @@ def create_app(
     async def _search_form(request: Request) -> JSONResponse:
         tmpdir = tempfile.mkdtemp(prefix="xsearch-upload-")
         try:
-            async with request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS) as form:
+            form = await _read_form(request)
+            try:
                 req = await run_in_threadpool(parse_form_search, form, tmpdir)
+            finally:
+                await form.close()
             try:
                 results = await run_in_threadpool(svc.search, req)
             except XSearchError as e:
@@ -760,8 +933,13 @@ def create_app(
         store = svc.current()
         it = svc.item(store, item_id)
         out = svc.describe_item(it, svc.real_roots(store))
-        out.update({"status": getattr(it, "status", None), "error": getattr(it, "error", None),
-                    "size": getattr(it, "size", None), "mtime_ns": getattr(it, "mtime_ns", None)})
+        error = getattr(it, "error", None)
+        if out["media_url"] is None:  # not served: nothing read from the file (see WITHHELD_REASON)
+            out.update({"status": getattr(it, "status", None), "error": error and WITHHELD_REASON,
+                        "size": None, "mtime_ns": None})
+        else:
+            out.update({"status": getattr(it, "status", None), "error": error,
+                        "size": getattr(it, "size", None), "mtime_ns": getattr(it, "mtime_ns", None)})
         return out
 
     @app.get("/api/items/{item_id}/preview.png", response_class=Response,
@@ -789,11 +967,14 @@ def create_app(
 
     @app.get("/api/status", summary="Counts per modality, indexes, model, failed files")
     def status() -> dict[str, Any]:
-        out = dict(svc.current().status())
+        store = svc.current()
+        out = dict(store.status())
+        roots = svc.real_roots(store)
+        out["errors"] = [e if svc.inside(e["path"], roots) else {**e, "reason": WITHHELD_REASON} for e in out["errors"]]
         out["server"] = {
             "token_required": bool(svc.token),
             "max_upload_bytes": max_upload_bytes,
-            "upload_modalities": list(UPLOAD_MODALITIES),
+            "upload_modalities": list(FILE_FIELDS),
             "targets": ["all", *INPUT_MODALITIES],
         }
         return out
@@ -816,12 +997,15 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # Outermost first: host check, then the token, then the body limit (never read a body before auth).
+    # Outermost first: security headers on every answer, the host check, cross-site refusal, the token,
+    # then the body limit (never read a body before auth).
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
     if token:
         app.add_middleware(TokenAuth, token=token)
+    app.add_middleware(SameOriginWrites)
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=list(allowed_hosts))
+    app.add_middleware(SecurityHeaders)
     return app
 
 
@@ -851,8 +1035,9 @@ _SEARCH_BODY_DOC = {
                 "properties": {
                     **{m: {"type": "string", "format": "binary", "description": f"{m} file(s) to search by"}
                        for m in UPLOAD_MODALITIES},
-                    **{f"{m}_weight": {"type": "number"} for m in UPLOAD_MODALITIES},
-                    "text": {"type": "string"}, "like": {"type": "string"}, "target": {"type": "string"},
+                    **{f"{m}_weight": {"type": "number"} for m in FILE_FIELDS},
+                    "text": {"type": "string", "description": "A text (TEXT@WEIGHT), or a text file (weight: text_weight)"},
+                    "like": {"type": "string"}, "target": {"type": "string"},
                     "k": {"type": "integer"}, "folder": {"type": "string"}, "glob": {"type": "string"},
                     "min_score": {"type": "number"},
                 },
