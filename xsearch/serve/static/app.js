@@ -72,11 +72,8 @@ function renderChips() {
     select.value = entry.modality;
     const weight = el("input", { type: "number", step: "0.1", value: entry.weight, title: "weight (negative subtracts)",
       "aria-label": "weight of " + entry.file.name, class: "weight",
-      oninput: (e) => {
-        // A number input reports "" for what is not a number ("-", "1e"): keep that apart from a real value.
-        entry.weight = e.target.validity.badInput ? "bad" : e.target.value;
-        e.target.removeAttribute("aria-invalid");
-      } });
+      oninput: (e) => { entry.weight = e.target.value; e.target.removeAttribute("aria-invalid"); } });
+    entry.weightInput = weight; // read again at search time: typing "-" changes no value and fires no event
     box.append(el("span", { class: "chip file-chip" }, el("span", { class: "name", title: entry.file.name }, entry.file.name),
       select, weight, el("button", { type: "button", title: "remove", onclick: () => { state.files.splice(i, 1); renderChips(); } }, "×")));
   });
@@ -93,8 +90,12 @@ function hasQuery() {
 }
 
 // The first file whose weight is not a finite number, if any: sent as 1 it would be a silent wrong search.
+// A number input holding "-" or "1e" reports the value "" and says badInput.
 function badWeight() {
-  return state.files.find((f) => f.weight.trim() === "" || !Number.isFinite(Number(f.weight)));
+  return state.files.find((f) => {
+    const input = f.weightInput;
+    return input.validity.badInput || input.value.trim() === "" || !Number.isFinite(Number(input.value));
+  });
 }
 
 function buildRequest() {
@@ -109,7 +110,7 @@ function buildRequest() {
       const entries = state.files.filter((f) => f.modality === m);
       for (const f of entries) {
         form.append(m, f.file, f.file.name);
-        form.append(m + "_weight", f.weight);
+        form.append(m + "_weight", f.weightInput.value);
       }
     }
     return { method: "POST", body: form };
@@ -127,9 +128,8 @@ async function search() {
   }
   const bad = badWeight();
   if (bad) {
-    const i = state.files.indexOf(bad);
-    const input = document.querySelectorAll("#inputs .file-chip input.weight")[i];
-    if (input) { input.setAttribute("aria-invalid", "true"); input.focus(); }
+    bad.weightInput.setAttribute("aria-invalid", "true");
+    bad.weightInput.focus();
     showMessage(`The weight of ${bad.file.name} is not a number: type one such as 1, 0.5 or -1.`, true);
     return;
   }
