@@ -28,7 +28,7 @@ import xsearch
 from tests.helpers.serve import index_corpus, item_id, post_form, raw_get, raw_request
 from xsearch.cli.main import app as cli_app
 from xsearch.errors import UsageError
-from xsearch.serve import BackgroundServer, check_bind, is_loopback
+from xsearch.serve import BackgroundServer, check_bind, create_app, is_loopback
 
 UPLOAD_LIMIT = 2_000_000  # small, so the 413 test stays cheap; every corpus file is far below it
 UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
@@ -656,6 +656,8 @@ def test_weak_tokens_are_refused(corpus, token):
     for host in ("0.0.0.0", "127.0.0.1"):
         with pytest.raises(UsageError, match="token"):
             check_bind(host, token)
+    with pytest.raises(UsageError, match="token"):
+        create_app(corpus["store"], token=token)  # mounted elsewhere, the same rule
     env = {k: v for k, v in os.environ.items() if k != "XSEARCH_TOKEN"}
     res = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0", "--token", token,
                                        "--store", str(corpus["root"] / "store")], env=env)

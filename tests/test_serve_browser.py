@@ -79,6 +79,14 @@ def cards(driver) -> list:
     return driver.find_elements(By.CSS_SELECTOR, "#results .result")
 
 
+def search_in_tab(driver, url: str, target: str, text: str) -> None:
+    """Open the page, pick the target's tab, search for ``text`` (the page's first search)."""
+    open_page(driver, url)
+    driver.find_element(By.CSS_SELECTOR, f"#tabs button[data-target={target}]").click()
+    driver.find_element(By.ID, "q").send_keys(text, Keys.ENTER)
+    wait_search(driver, 1)
+
+
 def test_text_search_renders_every_modality(browser, served):
     srv, _store, files = served
     open_page(browser, srv.url)
@@ -148,10 +156,7 @@ def test_file_upload_search(browser, served):
 
 def test_clicking_a_result_searches_like_it(browser, served):
     srv, store, files = served
-    open_page(browser, srv.url)
-    browser.find_element(By.CSS_SELECTOR, "#tabs button[data-target=image]").click()
-    browser.find_element(By.ID, "q").send_keys("a car", Keys.ENTER)
-    wait_search(browser, 1)
+    search_in_tab(browser, srv.url, "image", "a car")
     clicked = cards(browser)[0]
     clicked_id = clicked.get_attribute("data-id")
     clicked.find_element(By.CSS_SELECTOR, ".caption").click()
@@ -301,10 +306,7 @@ def test_the_page_on_a_phone(browser, served, tmp_path):
 
 def test_imu_plots_have_a_legend_in_their_colours(browser, served):
     srv, _store, files = served
-    open_page(browser, srv.url)
-    browser.find_element(By.CSS_SELECTOR, "#tabs button[data-target=imu]").click()
-    browser.find_element(By.ID, "q").send_keys("walking", Keys.ENTER)
-    wait_search(browser, 1)
+    search_in_tab(browser, srv.url, "imu", "walking")
     imu_cards = cards(browser)
     assert len(imu_cards) == len(files["imu"])
     for card in imu_cards:
@@ -315,10 +317,7 @@ def test_imu_plots_have_a_legend_in_their_colours(browser, served):
 
 def test_zero_results_say_why(browser, small_served):
     srv, _tmp = small_served
-    open_page(browser, srv.url)
-    browser.find_element(By.CSS_SELECTOR, "#tabs button[data-target=audio]").click()
-    browser.find_element(By.ID, "q").send_keys("rain", Keys.ENTER)
-    wait_search(browser, 1)
+    search_in_tab(browser, srv.url, "audio", "rain")
     assert cards(browser) == []
     assert "no audio items" in browser.find_element(By.ID, "message").text
 

@@ -830,6 +830,9 @@ def create_app(
     ``refresh_interval``: seconds between checks for other processes' writes (an index run that
     finished, the store deleted or created again); 0 checks on every request.
     """
+    from xsearch.serve import check_token
+
+    check_token(token)  # as `xsearch serve` does: a blank or short token guards nothing
     if max_upload_bytes < 1:
         raise UsageError(f"max_upload_bytes must be positive, not {max_upload_bytes}")
     if not refresh_interval >= 0:
