@@ -936,13 +936,11 @@ def create_app(
         store = svc.current()
         it = svc.item(store, item_id)
         out = svc.describe_item(it, svc.real_roots(store))
+        served = out["media_url"] is not None  # else nothing read from the file is told (see WITHHELD_REASON)
         error = getattr(it, "error", None)
-        if out["media_url"] is None:  # not served: nothing read from the file (see WITHHELD_REASON)
-            out.update({"status": getattr(it, "status", None), "error": error and WITHHELD_REASON,
-                        "size": None, "mtime_ns": None})
-        else:
-            out.update({"status": getattr(it, "status", None), "error": error,
-                        "size": getattr(it, "size", None), "mtime_ns": getattr(it, "mtime_ns", None)})
+        out.update({"status": getattr(it, "status", None), "error": error if served else error and WITHHELD_REASON,
+                    "size": getattr(it, "size", None) if served else None,
+                    "mtime_ns": getattr(it, "mtime_ns", None) if served else None})
         return out
 
     @app.get("/api/items/{item_id}/preview.png", response_class=Response,
