@@ -79,7 +79,7 @@ class Store:
         from xsearch.engine.weights import resolve_model_name
 
         stored = self.storage.get_meta("model_name")
-        if model is None and stored is not None:
+        if model is None and stored is not None and self.storage.get_meta("dim") is not None:  # bound by a vector
             return stored
         return resolve_model_name(model)
 
@@ -90,9 +90,10 @@ class Store:
         return model_id(self.model_name)
 
     def _check_model(self) -> None:
-        """Vectors of two models live in different spaces: refuse to mix them in one store."""
+        """Vectors of two models live in different spaces: refuse to mix them in one store. A store is bound to
+        a model by its first vector ("dim" is written with it): a model recorded before that binds nothing."""
         stored = self.storage.get_meta("model")
-        if stored is not None and stored != self.model_id:
+        if stored is not None and stored != self.model_id and self.storage.get_meta("dim") is not None:
             raise UsageError(
                 f"{self.path}: this store was built with model {stored!r}, not {self.model_id!r}; "
                 "use the same --model, or another --store"
@@ -137,9 +138,8 @@ class Store:
         with self._writing(wait=wait, on_wait=on_wait):
             self._check_model()
             model_id = self.model_id
-            if self.storage.get_meta("model") is None:
-                self.storage.set_meta("model", model_id)
-                self.storage.set_meta("model_name", self.model_name)
+            # Bound with the first vector written, not now: a model that cannot be loaded must not pin the store.
+            self.storage.bind_on_first_vector({"model": model_id, "model_name": self.model_name})
             if batch_size is None:
                 from xsearch.engine.embedder import default_batch_size
 
@@ -147,7 +147,10 @@ class Store:
             indexer = Indexer(
                 self.storage, lambda: self.embedder, model_id, batch_size=batch_size, workers=workers, progress=progress
             )
-            report = indexer.run([os.fspath(p) for p in paths], modality)
+            try:
+                report = indexer.run([os.fspath(p) for p in paths], modality)
+            finally:
+                self.storage.bind_on_first_vector({})
             if not report.interrupted:
                 # A run killed before its final save (crash, SIGKILL, power cut) left index files behind the
                 # database, for modalities this run may not have touched: bring each one up to date now.

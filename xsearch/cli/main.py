@@ -1,7 +1,7 @@
 """The ``xsearch`` command: a thin skin over :mod:`xsearch.api`.
 
 Exit status: 0 success; 1 when some files failed to index or an operation failed;
-2 for usage errors (bad options, missing files, unknown modality).
+2 for usage errors (bad options, missing files, unknown modality) and a model that cannot be loaded.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from xsearch.errors import UsageError, XSearchError
+from xsearch.errors import ModelError, UsageError, XSearchError
 
 app = typer.Typer(
     add_completion=False,
@@ -59,7 +59,7 @@ def _errors() -> Iterator[None]:
     """XSearchErrors become one line on stderr and an exit status, never a traceback."""
     try:
         yield
-    except UsageError as e:
+    except (UsageError, ModelError) as e:  # nothing was done: fix the command, or the model, and run it again
         _error(e)
         raise typer.Exit(2)
     except XSearchError as e:

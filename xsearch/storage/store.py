@@ -68,6 +68,7 @@ class Storage:
         self._mutex = threading.RLock()  # serialises writes, index loads and swaps in this process
         self._indexes: dict[str, ModalityIndex] = {}
         self._format: tuple[int, str] | None = None  # (dim, dtype) once the first vector is stored
+        self._binding: dict[str, str] = {}  # meta written with the first vector (the model that made it)
         self._closed = False
         if url is None and not db.db_path(self.directory).exists():
             if read_only or not create:
@@ -127,6 +128,11 @@ class Storage:
             raise UsageError(f"meta key {key!r} is managed by the store itself")
         with self._write() as conn:
             _meta_set(conn, key, str(value))
+
+    def bind_on_first_vector(self, meta: dict[str, str]) -> None:
+        """Meta (the model's id and name) to write in the same transaction as the store's first vector, so a
+        store is bound to a model only once it holds a vector of it; {} writes nothing."""
+        self._binding = dict(meta)
 
     @property
     def dim(self) -> int | None:
@@ -273,6 +279,9 @@ class Storage:
         now = time.time()
         with self._mutex, _interrupt_deferred():
             with self._write() as conn:
+                if x is not None and self._binding and _meta_get(conn, "dim") is None:
+                    for key, value in self._binding.items():
+                        _meta_set(conn, key, value)
                 fmt = self._check_format(conn, x)
                 old = _existing(conn, [r.path for r in batch])
                 rows = [_row(r, now) for r in batch]
