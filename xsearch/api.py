@@ -18,6 +18,7 @@ import numpy as np
 from xsearch.errors import UsageError
 from xsearch.indexer import Indexer, IndexReport
 from xsearch.indexer.progress import Progress
+from xsearch.indexer.reembed import ReembedReport
 from xsearch.pathnames import fs_path, stored_abspath
 from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
 from xsearch.query.spec import INPUT_MODALITIES
@@ -156,6 +157,47 @@ class Store:
                 # database, for modalities this run may not have touched: bring each one up to date now.
                 for m in self.storage.stale_index_files():
                     self.storage.rebuild_indexes(m)
+            return report
+
+    def reembed(
+        self,
+        model: str | None = None,
+        *,
+        progress: Progress | None = None,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        wait: bool = False,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> ReembedReport:
+        """Embed every indexed item again with ``model`` and switch the store to it when all are done.
+
+        Searches keep using the current vectors until the switch. Interrupted (Ctrl-C, a kill), the
+        batches done are kept: calling it again with the same model (or none) continues. Items that
+        cannot be embedded again (a file gone or unreadable) are failed items after the switch. From
+        then on this Store searches with the new model.
+        """
+        from xsearch.engine.embedder import Embedder, default_batch_size
+        from xsearch.engine.weights import model_id as weights_model_id
+        from xsearch.engine.weights import resolve_model_name
+        from xsearch.indexer.reembed import Reembedder
+
+        with self._writing(wait=wait, on_wait=on_wait, what="xsearch index or reembed"):
+            under_way = self.storage.reembed_target()
+            if model is None and under_way is None:
+                raise UsageError(f"{self.path}: name the model to re-embed with: xsearch reembed --model MODEL")
+            name = resolve_model_name(model if model is not None else under_way["model_name"])
+            new_id = weights_model_id(name)
+            own = [it.path for it in self.storage.items(status="ok") if it.root is None]
+            if own:
+                raise UsageError(f"{self.path}: {len(own)} items were added as vectors (add_vectors), e.g. {own[0]}, "
+                                 "and have no file to embed again; remove them first (xsearch remove NAME)")
+            embedder = Embedder(name, device=self._device, dtype=self._dtype)
+            runner = Reembedder(self.storage, embedder, new_id, name, progress=progress, workers=workers,
+                                batch_size=batch_size or default_batch_size(self._device))
+            report = runner.run()
+            if report.switched:
+                with self._lock:
+                    self.model_name, self._embedder = name, embedder
             return report
 
     def _writing(self, *, wait: bool = False, on_wait: Callable[[str], None] | None = None, what: str = "xsearch index",

@@ -146,6 +146,45 @@ def index(
 
 
 @app.command()
+def reembed(
+    model: Optional[str] = typer.Option(None, "--model", help="The model to embed every item with: imagebind_huge, or a folder with config.json + checkpoint.pth (default: that of an interrupted reembed, to continue it)."),
+    store: Optional[Path] = StoreOpt,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Files embedded together (default: 8 on the CPU, 64 on a GPU)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr (with --json: JSON lines)."),
+    wait: bool = typer.Option(False, "--wait", help="If another xsearch command is writing to the store, wait for it instead of exiting."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Embed every indexed item again with another model; the store switches to it when all are done.
+
+    Queries keep using the current vectors meanwhile. Interrupted or killed, run it again to continue.
+    """
+    from xsearch.indexer.progress import JsonLinesProgress, RichProgress
+
+    with _errors():
+        with _open(store, create=False, device=device) as s:
+            bar = None
+            if progress and as_json:
+                bar = JsonLinesProgress()
+            elif progress and sys.stderr.isatty():
+                bar = RichProgress()
+            report = s.reembed(model, progress=bar, batch_size=batch_size, workers=workers, wait=wait,
+                               on_wait=lambda line: err.print(_one_line(line)))
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        state = "switched to" if report.switched else "interrupted; run again to continue re-embedding with"
+        out.print(_one_line(f"re-embedded {report.reembedded} (+{report.resumed} earlier), failed {report.failed} "
+                            f"in {report.seconds:.1f}s; {state} {report.model}"))
+        for e in report.errors[:20]:
+            err.print(_one_line(f"  failed: {e['path']}: {e['reason']}"))
+    if report.interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@app.command()
 def query(
     text: List[str] = typer.Option(None, "--text", help="Text input, optionally TEXT@WEIGHT. Repeatable."),
     image: List[str] = typer.Option(None, "--image", help="Image file, optionally PATH@WEIGHT. Repeatable."),

@@ -95,6 +95,34 @@ def not_the_files_fault(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def load_input(embedder: Any, modality: str, path: str, fast: bool = True) -> Any:
+    """One file as the model's input: a text file's text, else the decoded tensor (see ``Indexer.fast_decode``)."""
+    if modality == "text":
+        from xsearch.engine.preprocess.text import load_text
+
+        return load_text(path)
+    with _fast_decode(fast):  # thread-local: only image decoding consults it
+        return embedder.load(modality, path)
+
+
+def embed_inputs(embedder: Any, modality: str, data: list[Any]) -> np.ndarray:
+    """Unit vectors of a batch of ``load_input`` results of one modality."""
+    if modality == "text":
+        return embedder.embed("text", data)
+    # IMU items have varying window counts: the embedder takes them as a list.
+    batch = data if modality == "imu" else torch.stack(data)
+    return embedder.embed_tensors(modality, batch)
+
+
+def failure_reason(exc: Exception, modality: str) -> str:
+    """Why a file could not be decoded, as recorded with its item."""
+    if isinstance(exc, MediaError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return f"{_CANNOT_READ}({exc.strerror or exc})"
+    return f"could not decode as {modality}: {type(exc).__name__}: {exc}"  # a decoder bug: recorded, the run goes on
+
+
 def load_model(embedder: Any, modality: str, model: str) -> None:
     """Load ``modality``'s weights now: a model that cannot be loaded is one error for the whole run
     (a ModelError or UsageError), never a failure recorded against each file."""
@@ -273,21 +301,13 @@ class Indexer:
             if reuse is not None:
                 res.reuse = reuse
                 return res
+            res.data = load_input(self.embedder, modality, path, self.fast_decode)
             if modality == "text":
-                from xsearch.engine.preprocess.text import load_text
-
-                res.data = load_text(path)
                 res.facts = {"chars": len(res.data), "snippet": res.data[:200]}
             else:
-                with _fast_decode(self.fast_decode):  # thread-local: only image decoding consults it
-                    res.data = self.embedder.load(modality, path)
                 res.facts = media_facts(modality, path)
-        except MediaError as e:
-            res.error = e.reason
-        except OSError as e:
-            res.error = f"{_CANNOT_READ}({e.strerror or e})"
-        except Exception as e:  # a decoder bug must not stop the run; record it
-            res.error = f"could not decode as {modality}: {type(e).__name__}: {e}"
+        except Exception as e:  # a bad file (or a decoder bug) must not stop the run; record it
+            res.error = failure_reason(e, modality)
         return res
 
     # ------------------------------------------------------------ the run
@@ -446,8 +466,4 @@ class Indexer:
     def _embed(self, modality: str, data: list[Any]) -> np.ndarray:
         if not self._threads_tuned:
             self._tune_threads(modality)
-        if modality == "text":
-            return self.embedder.embed("text", data)
-        # IMU items have varying window counts: the embedder takes them as a list.
-        batch = data if modality == "imu" else torch.stack(data)
-        return self.embedder.embed_tensors(modality, batch)
+        return embed_inputs(self.embedder, modality, data)
