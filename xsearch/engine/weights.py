@@ -226,8 +226,8 @@ def _manual_hint(url: str, dest: Path, reason: str, size: int | None) -> str:
     size_note = f" ({size:,} bytes)" if size else ""
     return (
         f"cannot download {url}: {reason}. Download that file yourself (for example on another "
-        f"machine) and put it at {dest}{size_note}, or set {MODEL_ENV} to a model directory "
-        "(config.json + checkpoint.pth)."
+        f"machine) and put it at {dest}{size_note}, or use another model: --model DIR or {MODEL_ENV}=DIR "
+        "(a directory with config.json + checkpoint.pth)."
     )
 
 
