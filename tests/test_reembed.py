@@ -156,3 +156,13 @@ def test_reembed_refuses_items_that_were_added_as_vectors(tmp_path, tiny_model, 
         with pytest.raises(UsageError, match="added as vectors.*key:a.*remove them first"):
             store.reembed(other_model)
         assert store.storage.reembed_target() is None and len(store.storage.items()) == 2
+
+
+def test_reembed_refuses_while_an_indexed_folder_is_missing(tmp_path, tiny_model, other_model):
+    media = make_media(tmp_path / "media", 2)
+    with xsearch.open(tmp_path / "s", model=tiny_model) as store:
+        store.index([media])
+        media.rename(tmp_path / "elsewhere")  # an unmounted drive: its items must keep their vectors
+        with pytest.raises(UsageError, match="indexed folder not on disk"):
+            store.reembed(other_model)
+        assert len(store.storage.items(status="ok")) == 3 and store.storage.reembed_target() is None

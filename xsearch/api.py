@@ -191,6 +191,10 @@ class Store:
             if own:
                 raise UsageError(f"{self.path}: {len(own)} items were added as vectors (add_vectors), e.g. {own[0]}, "
                                  "and have no file to embed again; remove them first (xsearch remove NAME)")
+            missing = [r for r in self.storage.roots() if not os.path.lexists(fs_path(r))]
+            if missing:  # its files would all fail, and lose their vectors at the switch
+                raise UsageError(f"{missing[0]}: indexed folder not on disk (moved, deleted or unmounted); bring it "
+                                 f"back, or forget it with `xsearch remove {missing[0]}`, before re-embedding")
             embedder = Embedder(name, device=self._device, dtype=self._dtype)
             runner = Reembedder(self.storage, embedder, new_id, name, progress=progress, workers=workers,
                                 batch_size=batch_size or default_batch_size(self._device))
