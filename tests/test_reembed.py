@@ -121,6 +121,7 @@ def test_a_reembed_killed_mid_way_keeps_the_old_model_and_resumes(tmp_path, tiny
 
     status = json.loads(run_cli("status", "--store", store, "--json").stdout)
     assert status["model"] == model_id(tiny_model)  # not switched: the old model and vectors still serve
+    assert status["reembed"] == {"model": model_id(other_model), "done": done, "total": n + 1}
     assert json.loads(run_cli(*ask).stdout)["results"] == before
     write_image(media / "new.png", 999)  # indexed meanwhile, with the store's (old) model
     assert run_cli("index", "--store", store, "--no-progress").returncode == 0
@@ -135,6 +136,7 @@ def test_a_reembed_killed_mid_way_keeps_the_old_model_and_resumes(tmp_path, tiny
     assert dones == sorted(dones) and done in dones and dones[-1] == n + 2
     status = json.loads(run_cli("status", "--store", store, "--json").stdout)
     assert status["model"] == model_id(other_model) and status["counts"] == {"image": n + 1, "text": 1}
+    assert status["reembed"] is None
     assert {i["dim"] for i in status["indexes"].values()} == {16}
     assert json.loads(run_cli("doctor", "--store", store, "--json").stdout)["ok"] is True
 

@@ -297,12 +297,16 @@ class Store:
     def status(self) -> dict[str, Any]:
         """Counts and index facts per modality, the model, the store's size, failed files."""
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) if self.path.is_dir() else 0
+        counts = self.storage.counts()
+        target = self.storage.reembed_target()  # an interrupted `xsearch reembed`, to continue
         return {
             "store": str(self.path),
             "model": self.storage.get_meta("model") or self.model_id,
             "roots": [{"path": p, "modality": m, "missing": not os.path.lexists(fs_path(p))}
                       for p, m in self.storage.roots().items()],
-            "counts": self.storage.counts(),
+            "counts": counts,
+            "reembed": None if target is None else {"model": target["model"], "done": self.storage.reembed_done(),
+                                                    "total": sum(counts.values())},
             "indexes": self.storage.index_info(),
             "store_bytes": size,
             "errors": [{"path": it.path, "reason": it.error} for it in self.storage.errors()],

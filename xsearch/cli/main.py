@@ -261,6 +261,9 @@ def status(
         return
     out.print(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)")
     out.print(f"model  {st['model']}")
+    if st["reembed"]:
+        r = st["reembed"]
+        out.print(_one_line(f"reembed  to {r['model']}: {r['done']} of {r['total']} done; `xsearch reembed` continues it"))
     for r in st["roots"]:
         out.print(f"folder {r['path']}" + (f"  (as {r['modality']})" if r["modality"] else "")
                   + ("  (missing: not on disk)" if r["missing"] else ""))
