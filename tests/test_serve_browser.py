@@ -6,7 +6,6 @@ result (images decoded, audio players, depth/thermal/IMU previews, text snippets
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import xsearch
 from tests.corpus import write_image
+from tests.helpers.browser import chromium_or_skip
 from tests.helpers.serve import index_corpus, item_id
 from xsearch.serve import BackgroundServer
 from xsearch.serve.preview import CHANNEL_COLOURS
@@ -35,12 +35,6 @@ return imgs.every(i => i.complete && i.naturalWidth > 0);
 """
 
 
-def _find(name: str) -> str:
-    path = shutil.which(name) or f"/usr/bin/{name}"
-    assert Path(path).exists(), f"{name} not found: apt-get install -y chromium chromium-driver"
-    return path
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, golden_dir, tiny_model):
     store, files = index_corpus(tmp_path_factory.mktemp("browser"), golden_dir, tiny_model)
@@ -51,12 +45,13 @@ def served(tmp_path_factory, golden_dir, tiny_model):
 
 @pytest.fixture(scope="module")
 def browser():
+    programs = chromium_or_skip()  # outside CI a missing browser skips, with how to install it
     opts = webdriver.ChromeOptions()
-    opts.binary_location = _find("chromium")
+    opts.binary_location = programs["chromium"]
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1280,1800", "--hide-scrollbars", "--force-device-scale-factor=1"):
         opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(_find("chromedriver")), options=opts)
+    driver = webdriver.Chrome(service=Service(programs["chromedriver"]), options=opts)
     driver.set_script_timeout(WAIT)
     yield driver
     driver.quit()
@@ -342,3 +337,30 @@ def test_a_weight_that_is_not_a_number_is_refused(browser, small_served):
     weight.send_keys("2")
     browser.find_element(By.ID, "search-btn").click()
     wait_search(browser, 2)
+
+
+def test_a_missing_browser_skips_with_how_to_install_it_outside_ci(tmp_path):
+    with pytest.raises(pytest.skip.Exception) as caught:
+        chromium_or_skip(path=str(tmp_path), env={"PATH": str(tmp_path)})
+    line = str(caught.value)
+    assert "\n" not in line and "apt-get install -y chromium chromium-driver" in line
+
+
+def test_a_missing_browser_fails_under_ci(tmp_path):
+    for ci in ("true", "1"):
+        with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium chromium-driver"):
+            chromium_or_skip(path=str(tmp_path), env={"PATH": str(tmp_path), "CI": ci})
+
+
+def test_ci_set_to_false_still_skips(tmp_path):
+    with pytest.raises(pytest.skip.Exception):
+        chromium_or_skip(path=str(tmp_path), env={"CI": "false"})
+
+
+def test_a_browser_on_the_path_is_found_whatever_ci_says(tmp_path):
+    for name in ("chromium", "chromedriver"):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    for env in ({}, {"CI": "true"}):
+        assert chromium_or_skip(path=str(tmp_path), env=env) == {
+            "chromium": str(tmp_path / "chromium"), "chromedriver": str(tmp_path / "chromedriver")}

@@ -277,8 +277,8 @@ def test_reader_threads_while_a_writer_adds_batches(tmp_path, flat_max, pq_min_d
 def test_migrates_a_store_from_the_previous_schema_version(tmp_path):
     assert SCHEMA_VERSION >= 2
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'xsearch.db'}")
-    with engine.begin() as conn:  # build a store as schema version N-1 left it
-        migrations.migrate(conn, where="test", read_only=False, upto=SCHEMA_VERSION - 1)
+    with engine.begin() as conn:  # build a store as schema version 1 left it (before roots and index times)
+        migrations.migrate(conn, where="test", read_only=False, upto=1)
         conn.execute(sa.text("INSERT INTO items (path, modality, size, mtime_ns, content_hash, facts, status) "
                              "VALUES ('/old.jpg', 'image', 10, 20, 'h', :facts, 'ok')"), {"facts": json.dumps({"w": 1})})
     engine.dispose()
@@ -294,6 +294,32 @@ def test_migrates_a_store_from_the_previous_schema_version(tmp_path):
         conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="newer than this xsearch"):
         Storage(tmp_path)
+
+
+def test_a_version_2_store_gains_the_reembedding_table_and_keeps_its_vectors(tmp_path):
+    with Storage(tmp_path) as s:
+        s.put([rec("/a", unit(1, seed=3)[0])])
+    with sqlite3.connect(tmp_path / "xsearch.db") as conn:  # as schema version 2 left it
+        conn.execute("DROP TABLE pending_vectors")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with Storage(tmp_path) as s:
+        assert int(s.get_meta("schema_version")) == SCHEMA_VERSION >= 3
+        assert s.reembed_target() is None and s.reembed_todo() == s.items()
+        np.testing.assert_allclose(s.get_vectors([s.item_by_path("/a").id])[0], unit(1, seed=3)[0], atol=1e-3)
+
+
+def test_an_item_changed_during_a_reembedding_is_embedded_again(tmp_path):
+    with Storage(tmp_path) as s:
+        x = unit(3, seed=4)
+        ids = s.put([rec("/a", x[0]), rec("/b", x[1])])
+        s.start_reembed("new", "new")
+        s.put_pending(ids, unit(2, seed=5, dim=8), [None, None])
+        assert s.reembed_todo() == [] and s.reembed_done() == 2
+        s.put([rec("/a", x[2])])  # re-indexed (the file changed): its pending vector is of the old content
+        assert [it.path for it in s.reembed_todo()] == ["/a"] and s.reembed_done() == 1
+        s.remove([ids[1]])
+        assert s.reembed_done() == 0
+        assert s.start_reembed("new", "new") is True and s.start_reembed("other", "other") is False
 
 
 def test_check_finds_broken_index_files_and_rebuild_fixes_them(tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 from xsearch.errors import UsageError
 from xsearch.indexer import Indexer, IndexReport
 from xsearch.indexer.progress import Progress
+from xsearch.indexer.reembed import ReembedReport
 from xsearch.pathnames import fs_path, stored_abspath
 from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
 from xsearch.query.spec import INPUT_MODALITIES
@@ -79,7 +80,7 @@ class Store:
         from xsearch.engine.weights import resolve_model_name
 
         stored = self.storage.get_meta("model_name")
-        if model is None and stored is not None:
+        if model is None and stored is not None and self.storage.get_meta("dim") is not None:  # bound by a vector
             return stored
         return resolve_model_name(model)
 
@@ -90,9 +91,10 @@ class Store:
         return model_id(self.model_name)
 
     def _check_model(self) -> None:
-        """Vectors of two models live in different spaces: refuse to mix them in one store."""
+        """Vectors of two models live in different spaces: refuse to mix them in one store. A store is bound to
+        a model by its first vector ("dim" is written with it): a model recorded before that binds nothing."""
         stored = self.storage.get_meta("model")
-        if stored is not None and stored != self.model_id:
+        if stored is not None and stored != self.model_id and self.storage.get_meta("dim") is not None:
             raise UsageError(
                 f"{self.path}: this store was built with model {stored!r}, not {self.model_id!r}; "
                 "use the same --model, or another --store"
@@ -137,9 +139,8 @@ class Store:
         with self._writing(wait=wait, on_wait=on_wait):
             self._check_model()
             model_id = self.model_id
-            if self.storage.get_meta("model") is None:
-                self.storage.set_meta("model", model_id)
-                self.storage.set_meta("model_name", self.model_name)
+            # Bound with the first vector written, not now: a model that cannot be loaded must not pin the store.
+            self.storage.bind_on_first_vector({"model": model_id, "model_name": self.model_name})
             if batch_size is None:
                 from xsearch.engine.embedder import default_batch_size
 
@@ -147,12 +148,60 @@ class Store:
             indexer = Indexer(
                 self.storage, lambda: self.embedder, model_id, batch_size=batch_size, workers=workers, progress=progress
             )
-            report = indexer.run([os.fspath(p) for p in paths], modality)
+            try:
+                report = indexer.run([os.fspath(p) for p in paths], modality)
+            finally:
+                self.storage.bind_on_first_vector({})
             if not report.interrupted:
                 # A run killed before its final save (crash, SIGKILL, power cut) left index files behind the
                 # database, for modalities this run may not have touched: bring each one up to date now.
                 for m in self.storage.stale_index_files():
                     self.storage.rebuild_indexes(m)
+            return report
+
+    def reembed(
+        self,
+        model: str | None = None,
+        *,
+        progress: Progress | None = None,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        wait: bool = False,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> ReembedReport:
+        """Embed every indexed item again with ``model`` and switch the store to it when all are done.
+
+        Searches keep using the current vectors until the switch. Interrupted (Ctrl-C, a kill), the
+        batches done are kept: calling it again with the same model (or none) continues. Items that
+        cannot be embedded again (a file gone or unreadable) are failed items after the switch. From
+        then on this Store searches with the new model.
+        """
+        from xsearch.engine.embedder import Embedder, default_batch_size
+        from xsearch.engine.weights import model_id as weights_model_id
+        from xsearch.engine.weights import resolve_model_name
+        from xsearch.indexer.reembed import Reembedder
+
+        with self._writing(wait=wait, on_wait=on_wait, what="xsearch index or reembed"):
+            under_way = self.storage.reembed_target()
+            if model is None and under_way is None:
+                raise UsageError(f"{self.path}: name the model to re-embed with: xsearch reembed --model MODEL")
+            name = resolve_model_name(model if model is not None else under_way["model_name"])
+            new_id = weights_model_id(name)
+            own = [it.path for it in self.storage.items(status="ok") if it.root is None]
+            if own:
+                raise UsageError(f"{self.path}: {len(own)} items were added as vectors (add_vectors), e.g. {own[0]}, "
+                                 "and have no file to embed again; remove them first (xsearch remove NAME)")
+            missing = [r for r in self.storage.roots() if not os.path.lexists(fs_path(r))]
+            if missing:  # its files would all fail, and lose their vectors at the switch
+                raise UsageError(f"{missing[0]}: indexed folder not on disk (moved, deleted or unmounted); bring it "
+                                 f"back, or forget it with `xsearch remove {missing[0]}`, before re-embedding")
+            embedder = Embedder(name, device=self._device, dtype=self._dtype)
+            runner = Reembedder(self.storage, embedder, new_id, name, progress=progress, workers=workers,
+                                batch_size=batch_size or default_batch_size(self._device))
+            report = runner.run()
+            if report.switched:
+                with self._lock:
+                    self.model_name, self._embedder = name, embedder
             return report
 
     def _writing(self, *, wait: bool = False, on_wait: Callable[[str], None] | None = None, what: str = "xsearch index",
@@ -253,12 +302,16 @@ class Store:
     def status(self) -> dict[str, Any]:
         """Counts and index facts per modality, the model, the store's size, failed files."""
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) if self.path.is_dir() else 0
+        counts = self.storage.counts()
+        target = self.storage.reembed_target()  # an interrupted `xsearch reembed`, to continue
         return {
             "store": str(self.path),
             "model": self.storage.get_meta("model") or self.model_id,
             "roots": [{"path": p, "modality": m, "missing": not os.path.lexists(fs_path(p))}
                       for p, m in self.storage.roots().items()],
-            "counts": self.storage.counts(),
+            "counts": counts,
+            "reembed": None if target is None else {"model": target["model"], "done": self.storage.reembed_done(),
+                                                    "total": sum(counts.values())},
             "indexes": self.storage.index_info(),
             "store_bytes": size,
             "errors": [{"path": it.path, "reason": it.error} for it in self.storage.errors()],

@@ -1,7 +1,7 @@
 """The ``xsearch`` command: a thin skin over :mod:`xsearch.api`.
 
 Exit status: 0 success; 1 when some files failed to index or an operation failed;
-2 for usage errors (bad options, missing files, unknown modality).
+2 for usage errors (bad options, missing files, unknown modality) and a model that cannot be loaded.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from xsearch.errors import UsageError, XSearchError
+from xsearch.errors import ModelError, UsageError, XSearchError
 
 app = typer.Typer(
     add_completion=False,
@@ -59,7 +59,7 @@ def _errors() -> Iterator[None]:
     """XSearchErrors become one line on stderr and an exit status, never a traceback."""
     try:
         yield
-    except UsageError as e:
+    except (UsageError, ModelError) as e:  # nothing was done: fix the command, or the model, and run it again
         _error(e)
         raise typer.Exit(2)
     except XSearchError as e:
@@ -146,6 +146,45 @@ def index(
 
 
 @app.command()
+def reembed(
+    model: Optional[str] = typer.Option(None, "--model", help="The model to embed every item with: imagebind_huge, or a folder with config.json + checkpoint.pth (default: that of an interrupted reembed, to continue it)."),
+    store: Optional[Path] = StoreOpt,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Files embedded together (default: 8 on the CPU, 64 on a GPU)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr (with --json: JSON lines)."),
+    wait: bool = typer.Option(False, "--wait", help="If another xsearch command is writing to the store, wait for it instead of exiting."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Embed every indexed item again with another model; the store switches to it when all are done.
+
+    Queries keep using the current vectors meanwhile. Interrupted or killed, run it again to continue.
+    """
+    from xsearch.indexer.progress import JsonLinesProgress, RichProgress
+
+    with _errors():
+        with _open(store, create=False, device=device) as s:
+            bar = None
+            if progress and as_json:
+                bar = JsonLinesProgress()
+            elif progress and sys.stderr.isatty():
+                bar = RichProgress()
+            report = s.reembed(model, progress=bar, batch_size=batch_size, workers=workers, wait=wait,
+                               on_wait=lambda line: err.print(_one_line(line)))
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        state = "switched to" if report.switched else "interrupted; run again to continue re-embedding with"
+        out.print(_one_line(f"re-embedded {report.reembedded} (+{report.resumed} earlier), failed {report.failed} "
+                            f"in {report.seconds:.1f}s; {state} {report.model}"))
+        for e in report.errors[:20]:
+            err.print(_one_line(f"  failed: {e['path']}: {e['reason']}"))
+    if report.interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@app.command()
 def query(
     text: List[str] = typer.Option(None, "--text", help="Text input, optionally TEXT@WEIGHT. Repeatable."),
     image: List[str] = typer.Option(None, "--image", help="Image file, optionally PATH@WEIGHT. Repeatable."),
@@ -222,6 +261,9 @@ def status(
         return
     out.print(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)")
     out.print(f"model  {st['model']}")
+    if st["reembed"]:
+        r = st["reembed"]
+        out.print(_one_line(f"reembed  to {r['model']}: {r['done']} of {r['total']} done; `xsearch reembed` continues it"))
     for r in st["roots"]:
         out.print(f"folder {r['path']}" + (f"  (as {r['modality']})" if r["modality"] else "")
                   + ("  (missing: not on disk)" if r["missing"] else ""))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from xsearch.engine.preprocess.image import fast_decode as _fast_decode
-from xsearch.errors import MediaError
+from xsearch.errors import MediaError, ModelError, StoreError, UsageError, XSearchError
 from xsearch.indexer.detect import AUTO, check_override, detect_modality
 from xsearch.indexer.facts import media_facts
 from xsearch.indexer.hashing import content_hash
@@ -78,10 +78,64 @@ class _Result:
 # How a failure to open a file starts. Permissions change without touching size or time, so such failures
 # are tried again on every run rather than only when the file changes.
 _CANNOT_READ = "cannot read file "
+# A failed item's fact saying its cause was not the file (the machine: out of memory, a device error), so the
+# next run tries it again although the file did not change.
+RETRY_FACT = "retry"
 
 
-def _access_failure(item: Item) -> bool:
-    return item.status == "failed" and (item.error or "").startswith(_CANNOT_READ)
+def _retried(item: Item) -> bool:
+    """A failure to try again on the next run whether or not the file changed."""
+    return item.status == "failed" and ((item.error or "").startswith(_CANNOT_READ) or bool(item.facts.get(RETRY_FACT)))
+
+
+def not_the_files_fault(exc: BaseException) -> bool:
+    """An embedding failure caused by the machine rather than the file: out of (GPU or host) memory."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def load_input(embedder: Any, modality: str, path: str, fast: bool = True) -> Any:
+    """One file as the model's input: a text file's text, else the decoded tensor (see ``Indexer.fast_decode``)."""
+    if modality == "text":
+        from xsearch.engine.preprocess.text import load_text
+
+        return load_text(path)
+    with _fast_decode(fast):  # thread-local: only image decoding consults it
+        return embedder.load(modality, path)
+
+
+def embed_inputs(embedder: Any, modality: str, data: list[Any]) -> np.ndarray:
+    """Unit vectors of a batch of ``load_input`` results of one modality."""
+    if modality == "text":
+        return embedder.embed("text", data)
+    # IMU items have varying window counts: the embedder takes them as a list.
+    batch = data if modality == "imu" else torch.stack(data)
+    return embedder.embed_tensors(modality, batch)
+
+
+def failure_reason(exc: Exception, modality: str) -> str:
+    """Why a file could not be decoded, as recorded with its item."""
+    if isinstance(exc, MediaError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return f"{_CANNOT_READ}({exc.strerror or exc})"
+    return f"could not decode as {modality}: {type(exc).__name__}: {exc}"  # a decoder bug: recorded, the run goes on
+
+
+def load_model(embedder: Any, modality: str, model: str) -> None:
+    """Load ``modality``'s weights now: a model that cannot be loaded is one error for the whole run
+    (a ModelError or UsageError), never a failure recorded against each file."""
+    model_for = getattr(embedder, "model_for", None)
+    if model_for is None:  # an embedder whose weights were loaded when it was built
+        return
+    try:
+        model_for(modality)
+    except XSearchError:
+        raise
+    except Exception as e:  # out of memory, a CUDA error, a checkpoint torch cannot read
+        hint = "free some memory or use --device cpu" if not_the_files_fault(e) else "check the model files"
+        raise ModelError(f"{model}: cannot load the model for {modality} ({type(e).__name__}: {e}); {hint}") from e
 
 
 def _owner(path: str, roots: Sequence[str]) -> str | None:
@@ -199,7 +253,7 @@ class Indexer:
                     report.skipped += 1
                     continue
                 if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.modality == modality \
-                        and (old.status == "failed" or old.model == self.model_id) and not _access_failure(old):
+                        and (old.status == "failed" or old.model == self.model_id) and not _retried(old):
                     if old.root != root:
                         reroot.setdefault(root, []).append(old.id)
                     if old.status == "failed":
@@ -215,10 +269,11 @@ class Indexer:
             self.storage.set_root(ids, root)
         return todo, failures, gone
 
-    def _failure(self, entry: Entry, modality: str, root: str, reason: str, chash: str | None = None) -> ItemRecord:
+    def _failure(self, entry: Entry, modality: str, root: str, reason: str, chash: str | None = None, *,
+                 retry: bool = False) -> ItemRecord:
         return ItemRecord(
             path=entry.path, modality=modality, size=entry.size, mtime_ns=entry.mtime_ns, content_hash=chash,
-            facts={}, model=None, root=root, vector=None, error=reason,
+            facts={RETRY_FACT: True} if retry else {}, model=None, root=root, vector=None, error=reason,
         )
 
     # ------------------------------------------------------------ decoding (worker threads)
@@ -246,21 +301,13 @@ class Indexer:
             if reuse is not None:
                 res.reuse = reuse
                 return res
+            res.data = load_input(self.embedder, modality, path, self.fast_decode)
             if modality == "text":
-                from xsearch.engine.preprocess.text import load_text
-
-                res.data = load_text(path)
                 res.facts = {"chars": len(res.data), "snippet": res.data[:200]}
             else:
-                with _fast_decode(self.fast_decode):  # thread-local: only image decoding consults it
-                    res.data = self.embedder.load(modality, path)
                 res.facts = media_facts(modality, path)
-        except MediaError as e:
-            res.error = e.reason
-        except OSError as e:
-            res.error = f"{_CANNOT_READ}({e.strerror or e})"
-        except Exception as e:  # a decoder bug must not stop the run; record it
-            res.error = f"could not decode as {modality}: {type(e).__name__}: {e}"
+        except Exception as e:  # a bad file (or a decoder bug) must not stop the run; record it
+            res.error = failure_reason(e, modality)
         return res
 
     # ------------------------------------------------------------ the run
@@ -296,6 +343,7 @@ class Indexer:
 
     def _embed_all(self, todo: list[_Task], by_hash, gone: dict[str, Any], report: IndexReport) -> None:
         pending: dict[str, list[_Result]] = {}
+        _ = self.embedder  # built here, not in a decode worker: a device that is not there is one error for the run
         # One query instead of one per file: a modality with no ok item yet cannot hold this file's content.
         self._lookup = {m for m, n in self.storage.counts().items() if n}
         self._added = {}
@@ -356,12 +404,17 @@ class Indexer:
         batch = pending.pop(modality, [])
         if not batch:
             return
+        load_model(self.embedder, modality, self.model_id)
         try:
             vectors = self._embed(modality, [r.data for r in batch])
+        except (ModelError, StoreError, UsageError):
+            raise  # the run's, not the file's
         except Exception as e:
             if len(batch) == 1:
                 r = batch[0]
-                self._write_failures([self._failure(r.task.entry, modality, r.task.root, f"embedding failed: {e}", r.hash)], report)
+                retry = not_the_files_fault(e)
+                reason = f"embedding failed: {e}" + ("; tried again on the next run" if retry else "")
+                self._write_failures([self._failure(r.task.entry, modality, r.task.root, reason, r.hash, retry=retry)], report)
                 return
             # One bad item must not sink its batch: embed one by one to find it.
             for r in batch:
@@ -413,8 +466,4 @@ class Indexer:
     def _embed(self, modality: str, data: list[Any]) -> np.ndarray:
         if not self._threads_tuned:
             self._tune_threads(modality)
-        if modality == "text":
-            return self.embedder.embed("text", data)
-        # IMU items have varying window counts: the embedder takes them as a list.
-        batch = data if modality == "imu" else torch.stack(data)
-        return self.embedder.embed_tensors(modality, batch)
+        return embed_inputs(self.embedder, modality, data)

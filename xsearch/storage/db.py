@@ -58,6 +58,17 @@ vectors = sa.Table(
 )
 
 
+# A re-embedding under way: the new model's vector of each item (see Storage.reembed_*); its model, dimension
+# and dtype in meta ("reembed:model", ...). Empty when none is.
+pending_vectors = sa.Table(
+    "pending_vectors",
+    metadata,
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=True),  # None: the item could not be re-embedded
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+
 def db_path(directory: Path) -> Path:
     return directory / DB_FILENAME
 

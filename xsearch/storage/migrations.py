@@ -74,7 +74,22 @@ def _v2_roots(conn: sa.Connection) -> None:
     conn.execute(sa.text("UPDATE items SET indexed_at = :t"), {"t": time.time()})
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots]
+def _v3_pending_vectors(conn: sa.Connection) -> None:
+    """A re-embedding under way (``xsearch reembed``): each item's vector from the new model (or why it has
+    none), kept apart until every item has one, when they replace ``vectors`` in one transaction."""
+    md = sa.MetaData()
+    sa.Table("items", md, sa.Column("id", sa.Integer, primary_key=True))  # for the foreign key only
+    sa.Table(
+        "pending_vectors",
+        md,
+        sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("data", sa.LargeBinary, nullable=True),  # None: the item could not be re-embedded (error says why)
+        sa.Column("error", sa.Text, nullable=True),
+    )
+    md.tables["pending_vectors"].create(conn)
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots, _v3_pending_vectors]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

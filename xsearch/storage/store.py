@@ -34,6 +34,7 @@ from xsearch.storage import db, migrations, sqlite
 from xsearch.storage import vectors as vec
 from xsearch.storage.db import items as T_items
 from xsearch.storage.db import meta as T_meta
+from xsearch.storage.db import pending_vectors as T_pending
 from xsearch.storage.db import roots as T_roots
 from xsearch.storage.db import vectors as T_vectors
 from xsearch.storage.faiss_index import IndexFileError, IndexPolicy, ModalityIndex, build, ivf_kind, remove_files
@@ -44,7 +45,8 @@ from xsearch.storage.records import FAILED, OK, Item, ItemRecord
 log = logging.getLogger(__name__)
 
 INDEX_DIRNAME = "index"
-RESERVED_META = {migrations.SCHEMA_VERSION_KEY, "dim", "vector_dtype"}
+_REEMBED_META = ("reembed:model", "reembed:model_name", "reembed:dim", "reembed:vector_dtype")
+RESERVED_META = {migrations.SCHEMA_VERSION_KEY, "dim", "vector_dtype", *_REEMBED_META}
 _MODALITY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # it names the index files
 _IN_CHUNK = 900  # ids per IN (...) list: under SQLite's oldest variable limit (999)
 _CHECK_ROWS = 8_192  # stored vectors compared with the re-rank cache at a time (16 MB at 1024-d float16)
@@ -68,6 +70,7 @@ class Storage:
         self._mutex = threading.RLock()  # serialises writes, index loads and swaps in this process
         self._indexes: dict[str, ModalityIndex] = {}
         self._format: tuple[int, str] | None = None  # (dim, dtype) once the first vector is stored
+        self._binding: dict[str, str] = {}  # meta written with the first vector (the model that made it)
         self._closed = False
         if url is None and not db.db_path(self.directory).exists():
             if read_only or not create:
@@ -127,6 +130,11 @@ class Storage:
             raise UsageError(f"meta key {key!r} is managed by the store itself")
         with self._write() as conn:
             _meta_set(conn, key, str(value))
+
+    def bind_on_first_vector(self, meta: dict[str, str]) -> None:
+        """Meta (the model's id and name) to write in the same transaction as the store's first vector, so a
+        store is bound to a model only once it holds a vector of it; {} writes nothing."""
+        self._binding = dict(meta)
 
     @property
     def dim(self) -> int | None:
@@ -273,6 +281,9 @@ class Storage:
         now = time.time()
         with self._mutex, _interrupt_deferred():
             with self._write() as conn:
+                if x is not None and self._binding and _meta_get(conn, "dim") is None:
+                    for key, value in self._binding.items():
+                        _meta_set(conn, key, value)
                 fmt = self._check_format(conn, x)
                 old = _existing(conn, [r.path for r in batch])
                 rows = [_row(r, now) for r in batch]
@@ -287,6 +298,7 @@ class Storage:
                 old_ids = [ident for ident, _, _ in old.values()]
                 for chunk in _chunks(old_ids, _IN_CHUNK):
                     conn.execute(sa.delete(T_vectors).where(T_vectors.c.item_id.in_(chunk)))
+                    conn.execute(sa.delete(T_pending).where(T_pending.c.item_id.in_(chunk)))  # of the old content
                 changes: dict[str, _Change] = {}
                 for ident, modality, status in old.values():
                     if status == OK:
@@ -358,6 +370,104 @@ class Storage:
                 gens = _bump_gens(conn, gone)
             self._apply({m: _Change(ids) for m, ids in gone.items()}, gens)
         return count
+
+    # -- re-embedding: every item's vector from another model, switched to in one transaction ---------------
+    def reembed_target(self) -> dict[str, str] | None:
+        """{"model", "model_name"} of a re-embedding under way (started, not yet switched to), else None."""
+        with self._connect() as conn:
+            model = _meta_get(conn, "reembed:model")
+            return None if model is None else {"model": model, "model_name": _meta_get(conn, "reembed:model_name") or ""}
+
+    def start_reembed(self, model: str, model_name: str) -> bool:
+        """Begin re-embedding into ``model``, or continue one into the same model (returns True then). A
+        re-embedding into another model is dropped: its vectors are of no use to this one."""
+        with self._write() as conn:
+            if _meta_get(conn, "reembed:model") == model:
+                return True
+            conn.execute(sa.delete(T_pending))
+            conn.execute(sa.delete(T_meta).where(T_meta.c.key.in_(_REEMBED_META)))
+            _meta_set(conn, "reembed:model", model)
+            _meta_set(conn, "reembed:model_name", model_name)
+        return False
+
+    def reembed_todo(self) -> list[Item]:
+        """The ok items the re-embedding under way has no new vector (or error) for yet, in id order."""
+        query = (sa.select(*_ITEM_COLUMNS).outerjoin(T_pending, T_pending.c.item_id == T_items.c.id)
+                 .where(T_items.c.status == OK, T_pending.c.item_id.is_(None)).order_by(T_items.c.id))
+        with self._connect() as conn:
+            return [_item(r) for r in conn.execute(query)]
+
+    def reembed_done(self) -> int:
+        """How many ok items the re-embedding under way has done."""
+        query = (sa.select(sa.func.count()).select_from(T_pending)
+                 .join(T_items, T_items.c.id == T_pending.c.item_id).where(T_items.c.status == OK))
+        with self._connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def put_pending(self, ids: Sequence[int], vectors: np.ndarray | None, errors: Sequence[str | None]) -> None:
+        """Record, in one transaction, the new model's vector of each item (row i of ``vectors``), or the
+        reason it has none (``errors[i]`` set: it becomes a failed item at the switch). Searches still
+        use the current vectors."""
+        ids = [int(i) for i in ids]
+        ok = [k for k, e in enumerate(errors) if e is None]
+        x = vec.as_matrix(np.asarray(vectors)[ok]) if ok else None
+        with self._mutex, _interrupt_deferred():
+            with self._write() as conn:
+                if _meta_get(conn, "reembed:model") is None:
+                    raise StoreError(f"{self._where}: no re-embedding under way; start one first")
+                raw: dict[int, bytes] = {}
+                if x is not None:
+                    dim, dtype = _meta_get(conn, "reembed:dim"), _meta_get(conn, "reembed:vector_dtype")
+                    if dim is None or dtype is None:  # the new model's first vectors fix its format
+                        dim, dtype = str(x.shape[1]), vec.choose_dtype(x)
+                        _meta_set(conn, "reembed:dim", dim)
+                        _meta_set(conn, "reembed:vector_dtype", dtype)
+                    if int(dim) != x.shape[1]:
+                        raise StoreError(f"{self._where}: the new model's vectors have {x.shape[1]} dimensions, "
+                                         f"earlier ones {dim}; start the re-embedding again")
+                    raw = {ids[k]: row.tobytes() for k, row in zip(ok, vec.encode_rows(x, dtype))}
+                for chunk in _chunks(ids, _IN_CHUNK):
+                    conn.execute(sa.delete(T_pending).where(T_pending.c.item_id.in_(chunk)))
+                conn.execute(sa.insert(T_pending), [{"item_id": i, "data": raw.get(i), "error": errors[k]}
+                                                    for k, i in enumerate(ids)])
+
+    def switch_reembed(self) -> dict[str, int]:
+        """Make the re-embedding's vectors the store's, in one transaction, once every ok item has one (or an
+        error: it becomes a failed item), then rebuild the indexes. Returns {"switched", "failed"} counts."""
+        with self._mutex:
+            with _interrupt_deferred(), self._write() as conn:
+                target = {k: _meta_get(conn, k) for k in _REEMBED_META}
+                if target["reembed:model"] is None:
+                    raise StoreError(f"{self._where}: no re-embedding under way to switch to")
+                left = conn.execute(sa.select(sa.func.count()).select_from(T_items)
+                                    .outerjoin(T_pending, T_pending.c.item_id == T_items.c.id)
+                                    .where(T_items.c.status == OK, T_pending.c.item_id.is_(None))).scalar_one()
+                if left:
+                    raise StoreError(f"{self._where}: {left} items are not re-embedded yet; run the re-embedding again")
+                mods = set(self._modalities(conn))
+                failed = conn.execute(sa.select(T_pending.c.item_id, T_pending.c.error)
+                                      .where(T_pending.c.data.is_(None))).all()
+                for item_id, error in failed:
+                    conn.execute(sa.update(T_items).where(T_items.c.id == item_id)
+                                 .values(status=FAILED, error=error, model=None))
+                conn.execute(sa.delete(T_vectors))
+                conn.exec_driver_sql("INSERT INTO vectors (item_id, data) SELECT p.item_id, p.data FROM pending_vectors p "
+                                     "JOIN items i ON i.id = p.item_id WHERE p.data IS NOT NULL AND i.status = 'ok'")
+                switched = conn.execute(sa.update(T_items).where(T_items.c.status == OK)
+                                        .values(model=target["reembed:model"])).rowcount
+                conn.execute(sa.delete(T_pending))
+                _meta_set(conn, "model", target["reembed:model"])
+                _meta_set(conn, "model_name", target["reembed:model_name"] or target["reembed:model"])
+                if target["reembed:dim"] is not None:
+                    _meta_set(conn, "dim", target["reembed:dim"])
+                    _meta_set(conn, "vector_dtype", target["reembed:vector_dtype"])
+                conn.execute(sa.delete(T_meta).where(T_meta.c.key.in_(_REEMBED_META)))
+                _bump_gens(conn, mods | self._index_files())  # every index file is now stale: rebuilt below
+                fmt = self._read_format(conn)
+            self._format = fmt  # committed: the new model's vectors are the store's
+            self._indexes.clear()
+            self.rebuild_indexes()
+        return {"switched": int(switched), "failed": len(failed)}
 
     def flush(self) -> None:
         """Persist changed indexes (each file written to a temp name, fsynced, then renamed into place)."""
@@ -870,6 +980,7 @@ def _delete_items(conn: sa.Connection, ids: Sequence[int]) -> tuple[dict[str, li
                 gone.setdefault(modality, []).append(ident)
         count += len(rows)
         conn.execute(sa.delete(T_vectors).where(T_vectors.c.item_id.in_(chunk)))
+        conn.execute(sa.delete(T_pending).where(T_pending.c.item_id.in_(chunk)))
         conn.execute(sa.delete(T_items).where(T_items.c.id.in_(chunk)))
     return gone, count
 
