@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from xsearch.errors import UsageError
+from xsearch.errors import StoreError, UsageError
 from xsearch.indexer import Indexer, IndexReport
 from xsearch.indexer.progress import Progress
-from xsearch.pathnames import fs_path, stored_abspath
+from xsearch.pathnames import byo_name, fs_path, name_keys, store_path
 from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
 from xsearch.query.spec import INPUT_MODALITIES
 from xsearch.storage import Storage
@@ -85,9 +85,13 @@ class Store:
 
     @property
     def model_id(self) -> str:
-        from xsearch.engine.weights import model_id
+        """The model's id as this store records it: a copy of the store's model folder under another name
+        is the same model (same weights and config), so it keeps the store's id and its vectors."""
+        from xsearch.engine.weights import model_id, same_model
 
-        return model_id(self.model_name)
+        current = model_id(self.model_name)
+        stored = self.storage.get_meta("model")
+        return stored if stored is not None and same_model(stored, current) else current
 
     def _check_model(self) -> None:
         """Vectors of two models live in different spaces: refuse to mix them in one store."""
@@ -165,40 +169,55 @@ class Store:
     def add_vectors(self, vectors: np.ndarray, *, modality: str, paths: Sequence[str], model: str | None = None) -> list[int]:
         """Bring your own embeddings: store (and index) one unit vector per path.
 
-        ``paths`` are names kept as given (file paths, URLs, keys); adding again under a name
-        replaces that vector. A name that is a file indexed from a folder is refused.
+        ``paths`` name the vectors: a name that is a file path (one that exists, or is absolute, or
+        starts with ``./`` or ``../``) is stored as ``index`` stores paths (absolute, normalised), so
+        ``./a.jpg`` and ``/abs/a.jpg`` are one item; any other name (``byo/a``, ``s3://b/k``) is kept as
+        given. Adding again under a name replaces that vector. A file indexed from a folder is refused.
         """
         if modality not in INPUT_MODALITIES:
             raise UsageError(f"add_vectors: unknown modality {modality!r}; expected one of {', '.join(INPUT_MODALITIES)}")
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(paths):
-            raise UsageError(f"add_vectors needs an (N, D) array and N paths; got {vectors.shape} and {len(paths)} paths")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise UsageError("add_vectors: every vector must be finite and non-zero")
+        x = _real_matrix(vectors)
+        if x.ndim != 2 or len(x) != len(paths):
+            raise UsageError(f"add_vectors needs an (N, D) array and N paths; got {x.shape} and {len(paths)} paths")
+        if not np.isfinite(x).all():
+            raise UsageError("add_vectors: every vector must be finite (no NaN or infinity)")
+        norms = np.linalg.norm(x, axis=1, keepdims=True)  # in float64: 1e30 squared overflows float32
+        if np.any(norms == 0):
+            raise UsageError("add_vectors: every vector must be non-zero (a zero vector has no direction)")
+        names = [byo_name(p) for p in paths]
         with self._writing(hint="try again when it has finished"):
-            ids = self.storage.add_vectors(vectors / norms, modality=modality, paths=list(paths), model=model)
+            ids = self.storage.add_vectors((x / norms).astype(np.float32), modality=modality, paths=names, model=model)
             self.storage.flush()
         return ids
 
-    def remove(self, paths: str | os.PathLike | Iterable[str | os.PathLike]) -> int:
+    def remove(self, paths: str | bytes | os.PathLike | Iterable[str | bytes | os.PathLike], *,
+               missing_ok: bool = True) -> int:
         """Forget files and folders: everything under a folder, and the indexed folders inside it.
         Returns how many items went.
 
         A path is matched as given (names stored by ``add_vectors``) and as a file path. Files
         still on disk under an indexed folder come back with its next index run: remove (or move)
-        them on disk too, or forget the whole indexed folder.
+        them on disk too, or forget the whole indexed folder. ``missing_ok=False``: a path that
+        matches nothing in the store is a StoreError naming it, and nothing is removed.
         """
-        if isinstance(paths, (str, os.PathLike)):
+        if isinstance(paths, (str, bytes, os.PathLike)):
             paths = [paths]
         with self._writing(hint="try again when it has finished"):
             roots = self.storage.roots()
             ids: list[int] = []
             forget: list[str] = []
+            unknown: list[str] = []
             for p in paths:
-                for key in dict.fromkeys((os.fsdecode(p), stored_abspath(p))):
+                found = len(ids), len(forget)
+                for key in name_keys(p):
                     ids.extend(it.id for it in self.storage.items_under(key))
                     forget += [r for r in roots if r == key or r.startswith(os.path.join(key, ""))]
+                if (len(ids), len(forget)) == found:
+                    unknown.append(store_path(os.fsdecode(p)))
+            if unknown and not missing_ok:
+                raise StoreError(f"{', '.join(unknown)}: not in the store {self.path} (no indexed file, folder or "
+                                 "name at or under it); nothing removed: check the path (`xsearch status` lists "
+                                 "the indexed folders)")
             n = self.storage.remove(sorted(set(ids))) if ids else 0
             for r in dict.fromkeys(forget):
                 self.storage.remove_root(r, remove_items=False)
@@ -239,6 +258,12 @@ class Store:
 
     def query(self, spec: QuerySpec) -> list[Hit]:
         """Run a prepared :class:`QuerySpec`."""
+        spec.validate()
+        if spec.folder is not None:
+            folder = stored_abspath(spec.folder)
+            # A typo would otherwise look like "no results"; an unmounted indexed folder still has its items.
+            if not os.path.isdir(spec.folder) and not self.storage.items_under(folder):
+                raise UsageError(f"folder filter: {folder}: no such folder, and nothing indexed under it")
         if any(i.kind in INPUT_MODALITIES for i in spec.inputs):
             self._check_model()
         return run_query(spec, self.storage, lambda: self.embedder)
@@ -306,6 +331,17 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _real_matrix(vectors: Any) -> np.ndarray:
+    """``vectors`` as a float64 array; complex, text or ragged input is refused rather than coerced."""
+    try:
+        arr = np.asarray(vectors)
+        if np.iscomplexobj(arr):
+            raise UsageError("add_vectors: the vectors are complex numbers; give real-valued embeddings")
+        return arr.astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"add_vectors: expected an (N, D) array of real numbers ({e})") from None
 
 
 def open(path: str | os.PathLike | None = None, **kwargs: Any) -> Store:  # noqa: A001 - the API's name

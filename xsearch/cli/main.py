@@ -18,7 +18,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from xsearch.errors import UsageError, XSearchError
+from xsearch.errors import StoreError, UsageError, XSearchError
+from xsearch.pathnames import shown
 
 app = typer.Typer(
     add_completion=False,
@@ -46,8 +47,9 @@ def _emit_json(obj) -> None:
 
 
 def _one_line(text: object) -> str:
-    """Error text on one line: newlines (in a decoder's message, even in a file name) shown as ls -b does."""
-    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+    """Text with file names in it, on one line and inert: control characters (a newline, a colour or
+    clear-screen escape in a name or a decoder's message) shown as ls -b does."""
+    return shown(str(text))
 
 
 def _error(message: object) -> None:
@@ -193,14 +195,14 @@ def query(
         sys.stdout.buffer.flush()
     elif paths_only:
         for h in hits:
-            sys.stdout.write(h.path + "\n")
+            sys.stdout.write(shown(h.path) + "\n")
     else:
         table = Table(show_edge=False)
         for col, just in (("#", "right"), ("score", "right"), ("modality", "left")):
             table.add_column(col, justify=just)
         table.add_column("path", overflow="fold")  # a path is never cut short with an ellipsis
         for h in hits:
-            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(h.path))
+            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(shown(h.path)))
         if hits:
             _print_table(table)
         else:
@@ -220,10 +222,10 @@ def status(
     if as_json:
         _emit_json(st)
         return
-    out.print(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)")
-    out.print(f"model  {st['model']}")
+    out.print(_one_line(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)"))
+    out.print(_one_line(f"model  {st['model']}"))
     for r in st["roots"]:
-        out.print(f"folder {r['path']}" + (f"  (as {r['modality']})" if r["modality"] else "")
+        out.print(_one_line(f"folder {r['path']}") + (f"  (as {r['modality']})" if r["modality"] else "")
                   + ("  (missing: not on disk)" if r["missing"] else ""))
     table = Table(show_edge=False)
     for col in ("modality", "items", "index", "vectors"):

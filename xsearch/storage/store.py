@@ -521,7 +521,7 @@ class Storage:
                 gens = {m: _gen(conn, m) for m in set(mods) | self._index_files()}
         except StoreError as exc:
             return problems + [str(exc)]
-        fix = "rebuild it from the database with `xsearch doctor --repair` (Storage.rebuild_indexes)"
+        fix = "rebuild it from the database with `xsearch doctor --repair`"
         problems += [f"{p}: left by an index save that was killed; `xsearch doctor --repair` or the next "
                      "`xsearch index` deletes it" for p in abandoned_temp_files(self.index_dir)]
         try:
@@ -726,7 +726,7 @@ class Storage:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreError(f"{self._where}: store is closed; open a new Storage")
+            raise StoreError(f"{self._where}: this store was closed; open it again to use it")
 
     def _check_writable(self) -> None:
         self._check_open()
