@@ -18,7 +18,7 @@ import numpy as np
 from xsearch.errors import StoreError, UsageError
 from xsearch.indexer import Indexer, IndexReport
 from xsearch.indexer.progress import Progress
-from xsearch.pathnames import byo_name, fs_path, name_keys, store_path
+from xsearch.pathnames import byo_name, fs_path, name_keys, store_path, stored_abspath
 from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
 from xsearch.query.spec import INPUT_MODALITIES
 from xsearch.storage import Storage
@@ -285,15 +285,36 @@ class Store:
         }
 
     def doctor(self, repair: bool = False) -> dict[str, Any]:
-        """Check the store: database integrity, store vs index agreement, half-written
-        index files, files that vanished from disk. ``repair`` rebuilds the derived indexes."""
+        """Check the store: database integrity, store vs index agreement, half-written index files,
+        every stored vector (finite, unit length), files that vanished from disk. ``repair`` rebuilds
+        the derived indexes and embeds the files of damaged vectors again (an item with no file to
+        embed is marked failed)."""
         problems = self._store_problems()
-        if problems and not self.storage.read_only and is_locked(self.path):
+        try:
+            problems += self._content_problems()
+        except StoreError as exc:  # a damaged database may fail any read: a finding, not a crash
+            return {"ok": False, "problems": problems + [{"kind": "database", "detail": str(exc)}], "repaired": False}
+        if problems and is_locked(self.path):
             # A writer's index files trail its commits until it saves them: say so rather than alarm.
             pid = holder_pid(self.path)
             problems.insert(0, {"kind": "busy", "detail": f"{self.path}: an index run (pid {pid}) is writing to this "
                                 "store, so its index files may trail the database until it finishes; run "
                                 "`xsearch doctor` again then"})
+        repaired = False
+        if repair and any(p["kind"] in ("store", "vector") for p in problems):
+            with self._writing(hint="try `xsearch doctor --repair` again when it has finished"):
+                damaged = self.storage.damaged_vectors()
+                if damaged:
+                    self._embed_again(damaged)  # their index entries follow these writes
+                if any(p["kind"] == "store" for p in problems):
+                    self.storage.rebuild_indexes()
+            repaired = True
+            problems = self._store_problems() + self._content_problems()
+        return {"ok": not problems, "problems": problems, "repaired": repaired}
+
+    def _content_problems(self) -> list[dict[str, str]]:
+        """Missing folders, vanished files and damaged stored vectors."""
+        problems = []
         missing = [r for r in self.storage.roots() if not os.path.lexists(fs_path(r))]
         for r in missing:
             n = len(self.storage.items_under(r))
@@ -303,13 +324,30 @@ class Store:
         vanished = [it.path for it in self.storage.items(status="ok") if it.root is not None and it.root not in missing
                     and not os.path.exists(fs_path(it.path))]
         problems += [{"kind": "vanished", "detail": f"{p}: no longer on disk; `xsearch index` drops it"} for p in vanished]
-        repaired = False
-        if repair and any(p["kind"] == "store" for p in problems):
-            with self._writing(hint="try `xsearch doctor --repair` again when it has finished"):
-                self.storage.rebuild_indexes()
-            repaired = True
-            problems = self._store_problems() + [p for p in problems if p["kind"] in ("missing", "vanished")]
-        return {"ok": not problems, "problems": problems, "repaired": repaired}
+        problems += [{"kind": "vector", "detail": f"{it.path}: its stored vector is damaged (not a finite unit vector), "
+                                                  "so it scores wrongly; `xsearch doctor --repair` embeds "
+                      + ("the file again" if it.root is not None else "nothing for it (added with add_vectors): "
+                         "it is marked failed; add it again")}
+                     for it in self.storage.damaged_vectors()]
+        return problems
+
+    def _embed_again(self, items: list[Any]) -> None:
+        """Replace damaged vectors: indexed files still on disk are embedded again (a file that fails now is
+        recorded as failed, as in any index run); the others are marked failed, since nothing can restore them."""
+        from xsearch.storage import ItemRecord
+
+        files = [it for it in items if it.root is not None and os.path.exists(fs_path(it.path))]
+        lost = [it for it in items if it not in files]
+        if lost:
+            self.storage.put([ItemRecord(path=it.path, modality=it.modality, size=it.size, mtime_ns=it.mtime_ns,
+                                         content_hash=it.content_hash, facts=it.facts, model=it.model, root=it.root,
+                                         vector=None, error="its stored vector was damaged and there is no file to "
+                                                            "embed again; add it again")
+                              for it in lost])
+        if files:
+            # Forgotten first: an unchanged file would otherwise be skipped, or take its damaged vector as a copy's.
+            self.storage.remove([it.id for it in files])
+            self.index([fs_path(it.path) for it in files])
 
     def _store_problems(self) -> list[dict[str, str]]:
         """storage.check()'s findings; a damaged database (which no index rebuild fixes) says what to do."""

@@ -160,7 +160,7 @@ def query(
     target: List[str] = typer.Option(["all"], "--target", "-t", help="Modalities to search (repeat or comma-separate), or all."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of results."),
     folder: Optional[Path] = typer.Option(None, "--folder", help="Only results under this folder."),
-    glob: Optional[str] = typer.Option(None, "--glob", help="Only results whose path matches this glob, e.g. '*/2024/*.jpg'."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="Only results matching this glob: without a '/' the file name ('*.jpg'), with one the whole path, where '*' also matches '/' ('*/2024/*.jpg': any .jpg below a folder 2024)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with at least this cosine similarity."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
@@ -248,22 +248,35 @@ def status(
 @app.command()
 def doctor(
     store: Optional[Path] = StoreOpt,
-    repair: bool = typer.Option(False, "--repair", help="Rebuild the FAISS indexes from the stored vectors."),
+    repair: bool = typer.Option(False, "--repair", help="Rebuild the FAISS indexes from the stored vectors, and embed the files of damaged vectors again."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Check the store (database integrity, index vs database, vanished files); exit 1 if problems remain."""
+    """Check the store (database integrity, index vs database, stored vectors, vanished files); exit 1 if problems remain."""
     with _errors():
-        with _open(store, create=False, read_only=not repair) as s:
-            report = s.doctor(repair=repair)
+        try:
+            s = _open(store, create=False, read_only=not repair)
+        except StoreError as e:
+            if not as_json:
+                raise
+            # --json promises JSON: a store that cannot even be opened is a finding too.
+            report = {"ok": False, "problems": [{"kind": "database", "detail": str(e)}], "repaired": False}
+        else:
+            with s:
+                report = s.doctor(repair=repair)
     if as_json:
         _emit_json(report)
     else:
+        kinds = {p["kind"] for p in report["problems"]}
         for p in report["problems"]:
             out.print(_one_line(f"[{p['kind']}] {p['detail']}"))
         if report["repaired"]:
-            out.print("indexes rebuilt from the database")
-        fixable = not repair and any(p["kind"] == "store" for p in report["problems"])
-        out.print("ok" if report["ok"] else f"{len(report['problems'])} problem(s)" + ("; --repair rebuilds the indexes" if fixable else ""))
+            out.print("repaired: indexes rebuilt, damaged vectors embedded again")
+        hint = ""
+        if "busy" in kinds:
+            hint = "; an index run is writing: run `xsearch doctor` again when it has finished"
+        elif not repair and kinds & {"store", "vector"}:
+            hint = "; --repair rebuilds the indexes and embeds damaged vectors' files again"
+        out.print("ok" if report["ok"] else f"{len(report['problems'])} problem(s){hint}")
     raise typer.Exit(0 if report["ok"] else 1)
 
 
@@ -279,7 +292,7 @@ def remove(
     """
     with _errors():
         with _open(store, create=False) as s:
-            n = s.remove([os.fspath(p) for p in paths])
+            n = s.remove([os.fspath(p) for p in paths], missing_ok=False)
     if as_json:
         _emit_json({"removed": n})
     else:

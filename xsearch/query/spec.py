@@ -114,7 +114,7 @@ def as_inputs(kind: str, values: Any) -> list[QueryInput]:
 
 def _is_one(values: Any) -> bool:
     """One input (a value or a ``(value, weight)`` pair) rather than a list of them."""
-    if isinstance(values, (str, bytes, os.PathLike)):
+    if isinstance(values, (str, bytes, os.PathLike)) or hasattr(values, "read"):  # a file object: said in _value
         return True
     return isinstance(values, tuple) and len(values) == 2 and isinstance(values[1], numbers.Real) and not isinstance(values[1], bool)
 

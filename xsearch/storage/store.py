@@ -561,6 +561,27 @@ class Storage:
                                 f"(stale vectors); {fix}")
         return problems
 
+    def damaged_vectors(self) -> list[Item]:
+        """Ok items whose stored vector is not a finite unit vector of the store's dimension: bytes damaged
+        inside the database, which SQLite's integrity check does not see (it checks pages, not values).
+        Every row is read, streamed in chunks: memory stays bounded."""
+        fmt = self._format or self._refresh_format()
+        if fmt is None:
+            return []
+        rowbytes = fmt[0] * vec.DTYPES[fmt[1]].itemsize
+        query = (sa.select(T_vectors.c.item_id, T_vectors.c.data).order_by(T_vectors.c.item_id)
+                 .execution_options(yield_per=_CHECK_ROWS))
+        bad: list[int] = []
+        with self._connect() as conn:
+            for part in conn.execute(query).partitions(_CHECK_ROWS):
+                whole = [r for r in part if r[1] is not None and len(r[1]) == rowbytes]
+                bad += [r[0] for r in part if r[1] is None or len(r[1]) != rowbytes]
+                if whole:
+                    raw = np.frombuffer(b"".join(r[1] for r in whole), dtype=np.uint8)
+                    x = vec.decode_rows(raw, len(whole), fmt[1], fmt[0], damaged_as_nan=True)
+                    bad += [whole[i][0] for i in np.flatnonzero(np.isnan(x).any(axis=1))]
+        return self.get_items(bad)
+
     def _cache_problems(self, mi: ModalityIndex, index_ids: np.ndarray) -> list[str]:
         """The re-rank cache must hold exactly the index's ids, each row with the database's bytes. Every
         row is compared (one flipped byte changes results), streamed in chunks: memory stays bounded."""
