@@ -266,3 +266,29 @@ def test_messages_name_no_internals_and_no_raw_error_codes(tmp_path, tiny_model)
     with pytest.raises(StoreError) as closed:
         s.status()
     assert "Storage" not in str(closed.value) and "closed" in str(closed.value)
+
+
+def _has_loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text(errors="replace")
+    except OSError:  # it has exited
+        return False
+
+
+def test_a_query_interrupted_again_and_again_says_only_interrupted(tmp_path, tiny_model):
+    """Readers end at once on Ctrl-C: no KeyboardInterrupt through native code, no atexit noise."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.awkward import cli_env, xsearch_cmd
+
+    media, store = indexed_images(tmp_path, tiny_model, ["a.png"])
+    proc = subprocess.Popen(xsearch_cmd() + ["query", "--text", "a dog", "--store", str(store)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    while proc.poll() is None and not _has_loaded(proc.pid, "libtorch"):
+        time.sleep(0.01)  # until torch is loaded: the query is then in its native-code part
+    for _ in range(3):
+        proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err, out) == (130, "interrupted\n", "")

@@ -5,12 +5,15 @@ Exit status: 0 success; 1 when some files failed to index or an operation failed
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import signal
 import sys
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -70,6 +73,43 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130)
+
+
+def _exit_now(signum: int, frame: object, *, say: str = "") -> None:
+    """Leave at once with status 130: flush what was printed, run nothing more (no atexit callbacks)."""
+    try:
+        if say:
+            sys.stderr.write(say + "\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
+@contextmanager
+def _reader_interrupts() -> Iterator[None]:
+    """Ctrl-C ends a reader (query, status, doctor) at once: it holds nothing to save. A KeyboardInterrupt
+    raised instead may surface inside native code called back into Python (torch), which aborts the whole
+    process ("terminate called after throwing ...", exit 134), or in an atexit callback (noise)."""
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: _exit_now(signum, frame, say="interrupted"))
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _reader(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that only reads: run under _reader_interrupts."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        with _reader_interrupts():
+            command(*args, **kwargs)
+
+    return run
 
 
 def _print_table(table: Table) -> None:
@@ -148,6 +188,7 @@ def index(
 
 
 @app.command()
+@_reader
 def query(
     text: List[str] = typer.Option(None, "--text", help="Text input, optionally TEXT@WEIGHT. Repeatable."),
     image: List[str] = typer.Option(None, "--image", help="Image file, optionally PATH@WEIGHT. Repeatable."),
@@ -210,6 +251,7 @@ def query(
 
 
 @app.command()
+@_reader
 def status(
     store: Optional[Path] = StoreOpt,
     errors: bool = typer.Option(False, "--errors", help="List every file that failed, with its reason."),
@@ -252,7 +294,7 @@ def doctor(
     as_json: bool = JsonOpt,
 ) -> None:
     """Check the store (database integrity, index vs database, stored vectors, vanished files); exit 1 if problems remain."""
-    with _errors():
+    with _reader_interrupts() if not repair else contextlib.nullcontext(), _errors():
         try:
             s = _open(store, create=False, read_only=not repair)
         except StoreError as e:
@@ -319,7 +361,13 @@ def serve(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # The command's work is done and said. More Ctrl-C while the interpreter shuts down (joining worker
+        # threads, atexit callbacks) would print "Exception ignored in atexit callback" or kill the process
+        # by the signal: leave quietly with 130 instead.
+        signal.signal(signal.SIGINT, _exit_now)
 
 
 if __name__ == "__main__":
