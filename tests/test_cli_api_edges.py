@@ -207,6 +207,13 @@ def test_a_symlink_to_an_indexed_folder_indexes_nothing_twice(tmp_path, tiny_mod
     st = cli_json("status", "--store", store)
     assert [r["path"] for r in st["roots"]] == [str(media)] and st["counts"] == {"image": 2}
     assert len(cli_json("query", "--text", "x", "--store", store)["results"]) == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    write_image(other / "own.png", 9)
+    (other / "to-media").symlink_to(media)  # a symlink inside another folder, into the indexed one
+    assert cli_json("index", other, "--store", store, "--no-progress")["embedded"] == 1
+    paths = sorted(r["path"] for r in cli_json("query", "--text", "x", "--store", store)["results"])
+    assert paths == sorted([f"{media}/a.png", f"{media}/sub/b.png", f"{other}/own.png"])
 
 
 def test_a_copy_of_the_model_folder_under_another_name_is_the_same_model(tmp_path, tiny_model):

@@ -200,6 +200,8 @@ class Indexer:
         reroot: dict[str, list[int]] = {}  # unchanged items now owned by another (inner or outer) folder
         roots = self.storage.roots()
         named = {fs_path(r) for r in roots}  # hidden ones among them are walked all the same
+        # A symlink to another indexed folder is not walked into: that folder lists its files, once.
+        reals = {r: os.path.realpath(fs_path(r)) for r in roots}
         for top in walk_paths:
             if not os.path.lexists(fs_path(top)):
                 # Moved, deleted or unmounted: keep its items (re-embedding them is costly) and say so.
@@ -208,7 +210,8 @@ class Indexer:
             stored = {it.path: it for it in self.storage.items_under(top)}
             seen: set[str] = set()
             unreadable: list[str] = []  # folders whose files are unknown this run: theirs are kept
-            for entry in walk(fs_path(top), keep=named):
+            elsewhere = {real for r, real in reals.items() if r != top}
+            for entry in walk(fs_path(top), keep=named, elsewhere=elsewhere):
                 seen.add(entry.path)
                 root = _owner(entry.path, roots) or top
                 old = stored.get(entry.path)
