@@ -177,16 +177,18 @@ class Store:
         if modality not in INPUT_MODALITIES:
             raise UsageError(f"add_vectors: unknown modality {modality!r}; expected one of {', '.join(INPUT_MODALITIES)}")
         x = _real_matrix(vectors)
-        if x.ndim != 2 or len(x) != len(paths):
+        if x.ndim != 2 or len(x) != len(paths) or x.shape[1] == 0:
             raise UsageError(f"add_vectors needs an (N, D) array and N paths; got {x.shape} and {len(paths)} paths")
         if not np.isfinite(x).all():
-            raise UsageError("add_vectors: every vector must be finite (no NaN or infinity)")
-        norms = np.linalg.norm(x, axis=1, keepdims=True)  # in float64: 1e30 squared overflows float32
-        if np.any(norms == 0):
+            raise UsageError("add_vectors: every vector must be finite (no NaN or infinity, nothing beyond float32)")
+        peak = np.abs(x).max(axis=1, keepdims=True)
+        if np.any(peak == 0):
             raise UsageError("add_vectors: every vector must be non-zero (a zero vector has no direction)")
+        x /= peak  # first: squaring 1e30 (in the norm) would overflow float32
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
         names = [byo_name(p) for p in paths]
         with self._writing(hint="try again when it has finished"):
-            ids = self.storage.add_vectors((x / norms).astype(np.float32), modality=modality, paths=names, model=model)
+            ids = self.storage.add_vectors(x, modality=modality, paths=names, model=model)
             self.storage.flush()
         return ids
 
@@ -372,12 +374,13 @@ class Store:
 
 
 def _real_matrix(vectors: Any) -> np.ndarray:
-    """``vectors`` as a float64 array; complex, text or ragged input is refused rather than coerced."""
+    """``vectors`` as a float32 copy; complex, text or ragged input is refused rather than coerced."""
     try:
         arr = np.asarray(vectors)
         if np.iscomplexobj(arr):
             raise UsageError("add_vectors: the vectors are complex numbers; give real-valued embeddings")
-        return arr.astype(np.float64)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes infinity, refused by the caller
+            return arr.astype(np.float32)
     except (TypeError, ValueError) as e:
         raise UsageError(f"add_vectors: expected an (N, D) array of real numbers ({e})") from None
 
