@@ -72,9 +72,16 @@ def stored_abspath(path: str | bytes | os.PathLike) -> str:
 
 
 def name_keys(name: str | bytes | os.PathLike) -> list[str]:
-    """The stored spellings a user's name may have, in the order tried: as given (a name from
-    ``add_vectors``) and as a file path. ``like`` and ``remove`` agree on what a name means through this."""
-    return list(dict.fromkeys((store_path(os.fsdecode(name)), stored_abspath(name))))
+    """The stored spellings a user's name may have, in the order tried: as shown (a stored name, such
+    as ``add_vectors``'s or one copied from the output: ``caf\\xe9.png``), as the name on disk, then
+    each as a file path. ``like`` and ``remove`` agree on what a name means through this."""
+    raw = os.fsdecode(name)
+    try:
+        raw.encode("utf-8")
+        shown_keys: tuple[str, ...] = (raw, os.path.abspath(raw))
+    except UnicodeEncodeError:  # bytes that are not UTF-8: only ever a name on disk
+        shown_keys = ()
+    return list(dict.fromkeys((*shown_keys[:1], store_path(raw), *shown_keys[1:], stored_abspath(raw))))
 
 
 def byo_name(name: str | bytes | os.PathLike) -> str:
