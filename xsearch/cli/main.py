@@ -5,12 +5,12 @@ Exit status: 0 success; 1 when some files failed to index or an operation failed
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
-import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional

@@ -578,7 +578,8 @@ class Storage:
                 bad += [r[0] for r in part if r[1] is None or len(r[1]) != rowbytes]
                 if whole:
                     raw = np.frombuffer(b"".join(r[1] for r in whole), dtype=np.uint8)
-                    x = vec.decode_rows(raw, len(whole), fmt[1], fmt[0], damaged_as_nan=True)
+                    with np.errstate(over="ignore", invalid="ignore"):  # garbage may square past float32
+                        x = vec.decode_rows(raw, len(whole), fmt[1], fmt[0], damaged_as_nan=True)
                     bad += [whole[i][0] for i in np.flatnonzero(np.isnan(x).any(axis=1))]
         return self.get_items(bad)
 
