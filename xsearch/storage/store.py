@@ -48,6 +48,7 @@ RESERVED_META = {migrations.SCHEMA_VERSION_KEY, "dim", "vector_dtype"}
 _MODALITY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # it names the index files
 _IN_CHUNK = 900  # ids per IN (...) list: under SQLite's oldest variable limit (999)
 _CHECK_ROWS = 8_192  # stored vectors compared with the re-rank cache at a time (16 MB at 1024-d float16)
+_DECODE_ROWS = 256  # rows decoded at a time to check them: temporaries stay in the CPU cache (~10x faster)
 
 _ITEM_COLUMNS = (
     T_items.c.id, T_items.c.path, T_items.c.modality, T_items.c.size, T_items.c.mtime_ns, T_items.c.content_hash,
@@ -576,11 +577,12 @@ class Storage:
             for part in conn.execute(query).partitions(_CHECK_ROWS):
                 whole = [r for r in part if r[1] is not None and len(r[1]) == rowbytes]
                 bad += [r[0] for r in part if r[1] is None or len(r[1]) != rowbytes]
-                if whole:
-                    raw = np.frombuffer(b"".join(r[1] for r in whole), dtype=np.uint8)
+                for lo in range(0, len(whole), _DECODE_ROWS):
+                    rows = whole[lo: lo + _DECODE_ROWS]
+                    raw = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8)
                     with np.errstate(over="ignore", invalid="ignore"):  # garbage may square past float32
-                        x = vec.decode_rows(raw, len(whole), fmt[1], fmt[0], damaged_as_nan=True)
-                    bad += [whole[i][0] for i in np.flatnonzero(np.isnan(x).any(axis=1))]
+                        x = vec.decode_rows(raw, len(rows), fmt[1], fmt[0], damaged_as_nan=True)
+                    bad += [rows[i][0] for i in np.flatnonzero(np.isnan(x[:, 0]))]
         return self.get_items(bad)
 
     def _cache_problems(self, mi: ModalityIndex, index_ids: np.ndarray) -> list[str]:
