@@ -109,6 +109,18 @@ def test_doctor_finds_damaged_vectors_and_repair_embeds_their_files_again(tmp_pa
         assert s.search(like=f"{media}/b.png", k=5)[0].path in (f"{media}/a.png", f"{media}/c.png")
 
 
+def test_doctor_repair_says_which_damaged_files_failed_to_embed_again(tmp_path, tiny_model):
+    media, store = indexed_images(tmp_path, tiny_model, ["a.png", "b.png"])
+    with xsearch.open(store, read_only=True) as s:
+        a = s.storage.item_by_path(f"{media}/a.png")
+    _damage_vector(store, a.id)
+    (media / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # and the file is no image any more
+    doc = cli_json("doctor", "--repair", "--store", store, code=1)
+    assert doc["repaired"] and [p["kind"] for p in doc["problems"]] == ["vector"]
+    assert doc["problems"][0]["detail"].startswith(f"{media}/a.png: embedding it again failed (")
+    assert cli_json("status", "--store", store)["errors"][0]["path"] == f"{media}/a.png"
+
+
 def test_doctor_json_reports_a_database_it_cannot_open(tmp_path, tiny_model):
     media, store = indexed_images(tmp_path, tiny_model, ["a.png"])
     (store / "xsearch.db").write_bytes(b"this is not a database, just text" * 200)

@@ -306,12 +306,13 @@ class Store:
         if repair and any(p["kind"] in ("store", "vector") for p in problems):
             with self._writing(hint="try `xsearch doctor --repair` again when it has finished"):
                 damaged = self.storage.damaged_vectors()
-                if damaged:
-                    self._embed_again(damaged)  # their index entries follow these writes
+                failed = self._embed_again(damaged) if damaged else []  # their index entries follow these writes
                 if any(p["kind"] == "store" for p in problems):
                     self.storage.rebuild_indexes()
             repaired = True
-            problems = self._store_problems() + self._content_problems()
+            problems = self._store_problems() + self._content_problems() + [
+                {"kind": "vector", "detail": f"{e['path']}: embedding it again failed ({e['reason']}); it is now "
+                                             "marked failed (`xsearch status --errors`)"} for e in failed]
         return {"ok": not problems, "problems": problems, "repaired": repaired}
 
     def _content_problems(self) -> list[dict[str, str]]:
@@ -333,9 +334,10 @@ class Store:
                      for it in self.storage.damaged_vectors()]
         return problems
 
-    def _embed_again(self, items: list[Any]) -> None:
+    def _embed_again(self, items: list[Any]) -> list[dict[str, str]]:
         """Replace damaged vectors: indexed files still on disk are embedded again (a file that fails now is
-        recorded as failed, as in any index run); the others are marked failed, since nothing can restore them."""
+        recorded as failed, as in any index run); the others are marked failed, since nothing can restore them.
+        Returns the files that failed to embed, with their reasons."""
         from xsearch.storage import ItemRecord
 
         files = [it for it in items if it.root is not None and os.path.exists(fs_path(it.path))]
@@ -346,10 +348,11 @@ class Store:
                                          vector=None, error="its stored vector was damaged and there is no file to "
                                                             "embed again; add it again")
                               for it in lost])
-        if files:
-            # Forgotten first: an unchanged file would otherwise be skipped, or take its damaged vector as a copy's.
-            self.storage.remove([it.id for it in files])
-            self.index([fs_path(it.path) for it in files])
+        if not files:
+            return []
+        # Forgotten first: an unchanged file would otherwise be skipped, or take its damaged vector as a copy's.
+        self.storage.remove([it.id for it in files])
+        return self.index([fs_path(it.path) for it in files]).errors
 
     def _store_problems(self) -> list[dict[str, str]]:
         """storage.check()'s findings; a damaged database (which no index rebuild fixes) says what to do."""
