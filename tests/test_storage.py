@@ -460,3 +460,24 @@ def test_a_replaced_store_never_gets_the_old_ones_indexes(tmp_path):
     assert (tmp_path / "s" / "index" / "image.faiss").read_bytes() == before
     with Storage(tmp_path / "s") as new:
         assert new.check() == [] and len(new.items()) == 2
+
+
+def test_damaged_vectors_finds_every_row_that_is_not_a_unit_vector(tmp_path):
+    import warnings
+
+    with Storage(tmp_path / "s") as s:
+        ids = s.put([rec(f"/r/{i}", v) for i, v in enumerate(unit(6, seed=3))])
+        assert s.damaged_vectors() == []
+        row = DIM * np.dtype(vec.DTYPES[s.vector_dtype]).itemsize
+    con = sqlite3.connect(tmp_path / "s" / "xsearch.db")
+    damage = {ids[0]: b"\x00" * row,  # zeroed
+              ids[2]: b"\xff" * row,  # NaN bits
+              ids[3]: b"\x7b" * row,  # large values: far from unit length
+              ids[5]: b"\x01" * (row - 2)}  # a row cut short
+    for i, blob in damage.items():
+        con.execute("UPDATE vectors SET data = ? WHERE item_id = ?", (blob, i))
+    con.commit()
+    con.close()
+    with Storage(tmp_path / "s", read_only=True) as s, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sorted(it.id for it in s.damaged_vectors()) == sorted(damage)

@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from xsearch.errors import UsageError
+from xsearch.errors import StoreError, UsageError
 from xsearch.indexer import Indexer, IndexReport
 from xsearch.indexer.progress import Progress
 from xsearch.indexer.reembed import ReembedReport
-from xsearch.pathnames import fs_path, stored_abspath
+from xsearch.pathnames import byo_name, fs_path, name_keys, store_path, stored_abspath
 from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
 from xsearch.query.spec import INPUT_MODALITIES
 from xsearch.storage import Storage
@@ -86,9 +86,13 @@ class Store:
 
     @property
     def model_id(self) -> str:
-        from xsearch.engine.weights import model_id
+        """The model's id as this store records it: a copy of the store's model folder under another name
+        is the same model (same weights and config), so it keeps the store's id and its vectors."""
+        from xsearch.engine.weights import model_id, same_model
 
-        return model_id(self.model_name)
+        current = model_id(self.model_name)
+        stored = self.storage.get_meta("model")
+        return stored if stored is not None and same_model(stored, current) else current
 
     def _check_model(self) -> None:
         """Vectors of two models live in different spaces: refuse to mix them in one store. A store is bound to
@@ -214,40 +218,57 @@ class Store:
     def add_vectors(self, vectors: np.ndarray, *, modality: str, paths: Sequence[str], model: str | None = None) -> list[int]:
         """Bring your own embeddings: store (and index) one unit vector per path.
 
-        ``paths`` are names kept as given (file paths, URLs, keys); adding again under a name
-        replaces that vector. A name that is a file indexed from a folder is refused.
+        ``paths`` name the vectors: a name that is a file path (one that exists, or is absolute, or
+        starts with ``./`` or ``../``) is stored as ``index`` stores paths (absolute, normalised), so
+        ``./a.jpg`` and ``/abs/a.jpg`` are one item; any other name (``byo/a``, ``s3://b/k``) is kept as
+        given. Adding again under a name replaces that vector. A file indexed from a folder is refused.
         """
         if modality not in INPUT_MODALITIES:
             raise UsageError(f"add_vectors: unknown modality {modality!r}; expected one of {', '.join(INPUT_MODALITIES)}")
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(paths):
-            raise UsageError(f"add_vectors needs an (N, D) array and N paths; got {vectors.shape} and {len(paths)} paths")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise UsageError("add_vectors: every vector must be finite and non-zero")
+        x = _real_matrix(vectors)
+        if x.ndim != 2 or len(x) != len(paths) or x.shape[1] == 0:
+            raise UsageError(f"add_vectors needs an (N, D) array and N paths; got {x.shape} and {len(paths)} paths")
+        if not np.isfinite(x).all():
+            raise UsageError("add_vectors: every vector must be finite (no NaN or infinity, nothing beyond float32)")
+        peak = np.abs(x).max(axis=1, keepdims=True)
+        if np.any(peak == 0):
+            raise UsageError("add_vectors: every vector must be non-zero (a zero vector has no direction)")
+        x /= peak  # first: squaring 1e30 (in the norm) would overflow float32
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        names = [byo_name(p) for p in paths]
         with self._writing(hint="try again when it has finished"):
-            ids = self.storage.add_vectors(vectors / norms, modality=modality, paths=list(paths), model=model)
+            ids = self.storage.add_vectors(x, modality=modality, paths=names, model=model)
             self.storage.flush()
         return ids
 
-    def remove(self, paths: str | os.PathLike | Iterable[str | os.PathLike]) -> int:
+    def remove(self, paths: str | bytes | os.PathLike | Iterable[str | bytes | os.PathLike], *,
+               missing_ok: bool = True) -> int:
         """Forget files and folders: everything under a folder, and the indexed folders inside it.
         Returns how many items went.
 
         A path is matched as given (names stored by ``add_vectors``) and as a file path. Files
         still on disk under an indexed folder come back with its next index run: remove (or move)
-        them on disk too, or forget the whole indexed folder.
+        them on disk too, or forget the whole indexed folder. ``missing_ok=False``: a path that
+        matches nothing in the store is a StoreError naming it, and nothing is removed.
         """
-        if isinstance(paths, (str, os.PathLike)):
+        if isinstance(paths, (str, bytes, os.PathLike)):
             paths = [paths]
         with self._writing(hint="try again when it has finished"):
             roots = self.storage.roots()
             ids: list[int] = []
             forget: list[str] = []
+            unknown: list[str] = []
             for p in paths:
-                for key in dict.fromkeys((os.fsdecode(p), stored_abspath(p))):
+                found = len(ids), len(forget)
+                for key in name_keys(p):
                     ids.extend(it.id for it in self.storage.items_under(key))
                     forget += [r for r in roots if r == key or r.startswith(os.path.join(key, ""))]
+                if (len(ids), len(forget)) == found:
+                    unknown.append(store_path(os.fsdecode(p)))
+            if unknown and not missing_ok:
+                raise StoreError(f"{', '.join(unknown)}: not in the store {self.path} (no indexed file, folder or "
+                                 "name at or under it); nothing removed: check the path (`xsearch status` lists "
+                                 "the indexed folders)")
             n = self.storage.remove(sorted(set(ids))) if ids else 0
             for r in dict.fromkeys(forget):
                 self.storage.remove_root(r, remove_items=False)
@@ -288,6 +309,12 @@ class Store:
 
     def query(self, spec: QuerySpec) -> list[Hit]:
         """Run a prepared :class:`QuerySpec`."""
+        spec.validate()
+        if spec.folder is not None:
+            folder = stored_abspath(spec.folder)
+            # A typo would otherwise look like "no results"; an unmounted indexed folder still has its items.
+            if not os.path.isdir(spec.folder) and not self.storage.items_under(folder):
+                raise UsageError(f"folder filter: {folder}: no such folder, and nothing indexed under it")
         if any(i.kind in INPUT_MODALITIES for i in spec.inputs):
             self._check_model()
         dim = self.storage.dim
@@ -318,15 +345,37 @@ class Store:
         }
 
     def doctor(self, repair: bool = False) -> dict[str, Any]:
-        """Check the store: database integrity, store vs index agreement, half-written
-        index files, files that vanished from disk. ``repair`` rebuilds the derived indexes."""
+        """Check the store: database integrity, store vs index agreement, half-written index files,
+        every stored vector (finite, unit length), files that vanished from disk. ``repair`` rebuilds
+        the derived indexes and embeds the files of damaged vectors again (an item with no file to
+        embed is marked failed)."""
         problems = self._store_problems()
-        if problems and not self.storage.read_only and is_locked(self.path):
+        try:
+            problems += self._content_problems()
+        except StoreError as exc:  # a damaged database may fail any read: a finding, not a crash
+            return {"ok": False, "problems": problems + [{"kind": "database", "detail": str(exc)}], "repaired": False}
+        if problems and is_locked(self.path):
             # A writer's index files trail its commits until it saves them: say so rather than alarm.
             pid = holder_pid(self.path)
             problems.insert(0, {"kind": "busy", "detail": f"{self.path}: an index run (pid {pid}) is writing to this "
                                 "store, so its index files may trail the database until it finishes; run "
                                 "`xsearch doctor` again then"})
+        repaired = False
+        if repair and any(p["kind"] in ("store", "vector") for p in problems):
+            with self._writing(hint="try `xsearch doctor --repair` again when it has finished"):
+                damaged = self.storage.damaged_vectors()
+                failed = self._embed_again(damaged) if damaged else []  # their index entries follow these writes
+                if any(p["kind"] == "store" for p in problems):
+                    self.storage.rebuild_indexes()
+            repaired = True
+            problems = self._store_problems() + self._content_problems() + [
+                {"kind": "vector", "detail": f"{e['path']}: embedding it again failed ({e['reason']}); it is now "
+                                             "marked failed (`xsearch status --errors`)"} for e in failed]
+        return {"ok": not problems, "problems": problems, "repaired": repaired}
+
+    def _content_problems(self) -> list[dict[str, str]]:
+        """Missing folders, vanished files and damaged stored vectors."""
+        problems = []
         missing = [r for r in self.storage.roots() if not os.path.lexists(fs_path(r))]
         for r in missing:
             n = len(self.storage.items_under(r))
@@ -336,13 +385,32 @@ class Store:
         vanished = [it.path for it in self.storage.items(status="ok") if it.root is not None and it.root not in missing
                     and not os.path.exists(fs_path(it.path))]
         problems += [{"kind": "vanished", "detail": f"{p}: no longer on disk; `xsearch index` drops it"} for p in vanished]
-        repaired = False
-        if repair and any(p["kind"] == "store" for p in problems):
-            with self._writing(hint="try `xsearch doctor --repair` again when it has finished"):
-                self.storage.rebuild_indexes()
-            repaired = True
-            problems = self._store_problems() + [p for p in problems if p["kind"] in ("missing", "vanished")]
-        return {"ok": not problems, "problems": problems, "repaired": repaired}
+        problems += [{"kind": "vector", "detail": f"{it.path}: its stored vector is damaged (not a finite unit vector), "
+                                                  "so it scores wrongly; `xsearch doctor --repair` embeds "
+                      + ("the file again" if it.root is not None else "nothing for it (added with add_vectors): "
+                         "it is marked failed; add it again")}
+                     for it in self.storage.damaged_vectors()]
+        return problems
+
+    def _embed_again(self, items: list[Any]) -> list[dict[str, str]]:
+        """Replace damaged vectors: indexed files still on disk are embedded again (a file that fails now is
+        recorded as failed, as in any index run); the others are marked failed, since nothing can restore them.
+        Returns the files that failed to embed, with their reasons."""
+        from xsearch.storage import ItemRecord
+
+        files = [it for it in items if it.root is not None and os.path.exists(fs_path(it.path))]
+        lost = [it for it in items if it not in files]
+        if lost:
+            self.storage.put([ItemRecord(path=it.path, modality=it.modality, size=it.size, mtime_ns=it.mtime_ns,
+                                         content_hash=it.content_hash, facts=it.facts, model=it.model, root=it.root,
+                                         vector=None, error="its stored vector was damaged and there is no file to "
+                                                            "embed again; add it again")
+                              for it in lost])
+        if not files:
+            return []
+        # Forgotten first: an unchanged file would otherwise be skipped, or take its damaged vector as a copy's.
+        self.storage.remove([it.id for it in files])
+        return self.index([fs_path(it.path) for it in files]).errors
 
     def _store_problems(self) -> list[dict[str, str]]:
         """storage.check()'s findings; a damaged database (which no index rebuild fixes) says what to do."""
@@ -364,6 +432,18 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _real_matrix(vectors: Any) -> np.ndarray:
+    """``vectors`` as a float32 copy; complex, text or ragged input is refused rather than coerced."""
+    try:
+        arr = np.asarray(vectors)
+        if np.iscomplexobj(arr):
+            raise UsageError("add_vectors: the vectors are complex numbers; give real-valued embeddings")
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes infinity, refused by the caller
+            return arr.astype(np.float32)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"add_vectors: expected an (N, D) array of real numbers ({e})") from None
 
 
 def open(path: str | os.PathLike | None = None, **kwargs: Any) -> Store:  # noqa: A001 - the API's name

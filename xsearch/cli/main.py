@@ -5,12 +5,15 @@ Exit status: 0 success; 1 when some files failed to index or an operation failed
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -18,7 +21,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from xsearch.errors import ModelError, UsageError, XSearchError
+from xsearch.errors import ModelError, StoreError, UsageError, XSearchError
+from xsearch.pathnames import shown
 
 app = typer.Typer(
     add_completion=False,
@@ -46,8 +50,9 @@ def _emit_json(obj) -> None:
 
 
 def _one_line(text: object) -> str:
-    """Error text on one line: newlines (in a decoder's message, even in a file name) shown as ls -b does."""
-    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+    """Text with file names in it, on one line and inert: control characters (a newline, a colour or
+    clear-screen escape in a name or a decoder's message) shown as ls -b does."""
+    return shown(str(text))
 
 
 def _error(message: object) -> None:
@@ -68,6 +73,43 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130)
+
+
+def _exit_now(signum: int, frame: object, *, say: str = "") -> None:
+    """Leave at once with status 130: flush what was printed, run nothing more (no atexit callbacks)."""
+    try:
+        if say:
+            sys.stderr.write(say + "\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
+@contextmanager
+def _reader_interrupts() -> Iterator[None]:
+    """Ctrl-C ends a reader (query, status, doctor) at once: it holds nothing to save. A KeyboardInterrupt
+    raised instead may surface inside native code called back into Python (torch), which aborts the whole
+    process ("terminate called after throwing ...", exit 134), or in an atexit callback (noise)."""
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: _exit_now(signum, frame, say="interrupted"))
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _reader(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that only reads: run under _reader_interrupts."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        with _reader_interrupts():
+            command(*args, **kwargs)
+
+    return run
 
 
 def _print_table(table: Table) -> None:
@@ -185,6 +227,7 @@ def reembed(
 
 
 @app.command()
+@_reader
 def query(
     text: List[str] = typer.Option(None, "--text", help="Text input, optionally TEXT@WEIGHT. Repeatable."),
     image: List[str] = typer.Option(None, "--image", help="Image file, optionally PATH@WEIGHT. Repeatable."),
@@ -197,7 +240,7 @@ def query(
     target: List[str] = typer.Option(["all"], "--target", "-t", help="Modalities to search (repeat or comma-separate), or all."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of results."),
     folder: Optional[Path] = typer.Option(None, "--folder", help="Only results under this folder."),
-    glob: Optional[str] = typer.Option(None, "--glob", help="Only results whose path matches this glob, e.g. '*/2024/*.jpg'."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="Only results matching this glob: without a '/' the file name ('*.jpg'), with one the whole path, where '*' also matches '/' ('*/2024/*.jpg': any .jpg below a folder 2024)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with at least this cosine similarity."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
@@ -232,14 +275,14 @@ def query(
         sys.stdout.buffer.flush()
     elif paths_only:
         for h in hits:
-            sys.stdout.write(h.path + "\n")
+            sys.stdout.write(shown(h.path) + "\n")
     else:
         table = Table(show_edge=False)
         for col, just in (("#", "right"), ("score", "right"), ("modality", "left")):
             table.add_column(col, justify=just)
         table.add_column("path", overflow="fold")  # a path is never cut short with an ellipsis
         for h in hits:
-            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(h.path))
+            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(shown(h.path)))
         if hits:
             _print_table(table)
         else:
@@ -247,6 +290,7 @@ def query(
 
 
 @app.command()
+@_reader
 def status(
     store: Optional[Path] = StoreOpt,
     errors: bool = typer.Option(False, "--errors", help="List every file that failed, with its reason."),
@@ -259,13 +303,13 @@ def status(
     if as_json:
         _emit_json(st)
         return
-    out.print(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)")
-    out.print(f"model  {st['model']}")
+    out.print(_one_line(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)"))
+    out.print(_one_line(f"model  {st['model']}"))
     if st["reembed"]:
         r = st["reembed"]
         out.print(_one_line(f"reembed  to {r['model']}: {r['done']} of {r['total']} done; `xsearch reembed` continues it"))
     for r in st["roots"]:
-        out.print(f"folder {r['path']}" + (f"  (as {r['modality']})" if r["modality"] else "")
+        out.print(_one_line(f"folder {r['path']}") + (f"  (as {r['modality']})" if r["modality"] else "")
                   + ("  (missing: not on disk)" if r["missing"] else ""))
     table = Table(show_edge=False)
     for col in ("modality", "items", "index", "vectors"):
@@ -288,22 +332,35 @@ def status(
 @app.command()
 def doctor(
     store: Optional[Path] = StoreOpt,
-    repair: bool = typer.Option(False, "--repair", help="Rebuild the FAISS indexes from the stored vectors."),
+    repair: bool = typer.Option(False, "--repair", help="Rebuild the FAISS indexes from the stored vectors, and embed the files of damaged vectors again."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Check the store (database integrity, index vs database, vanished files); exit 1 if problems remain."""
-    with _errors():
-        with _open(store, create=False, read_only=not repair) as s:
-            report = s.doctor(repair=repair)
+    """Check the store (database integrity, index vs database, stored vectors, vanished files); exit 1 if problems remain."""
+    with _reader_interrupts() if not repair else contextlib.nullcontext(), _errors():
+        try:
+            s = _open(store, create=False, read_only=not repair)
+        except StoreError as e:
+            if not as_json:
+                raise
+            # --json promises JSON: a store that cannot even be opened is a finding too.
+            report = {"ok": False, "problems": [{"kind": "database", "detail": str(e)}], "repaired": False}
+        else:
+            with s:
+                report = s.doctor(repair=repair)
     if as_json:
         _emit_json(report)
     else:
+        kinds = {p["kind"] for p in report["problems"]}
         for p in report["problems"]:
             out.print(_one_line(f"[{p['kind']}] {p['detail']}"))
         if report["repaired"]:
-            out.print("indexes rebuilt from the database")
-        fixable = not repair and any(p["kind"] == "store" for p in report["problems"])
-        out.print("ok" if report["ok"] else f"{len(report['problems'])} problem(s)" + ("; --repair rebuilds the indexes" if fixable else ""))
+            out.print("repaired: indexes rebuilt, damaged vectors embedded again")
+        hint = ""
+        if "busy" in kinds:
+            hint = "; an index run is writing: run `xsearch doctor` again when it has finished"
+        elif not repair and kinds & {"store", "vector"}:
+            hint = "; --repair rebuilds the indexes and embeds damaged vectors' files again"
+        out.print("ok" if report["ok"] else f"{len(report['problems'])} problem(s){hint}")
     raise typer.Exit(0 if report["ok"] else 1)
 
 
@@ -319,7 +376,7 @@ def remove(
     """
     with _errors():
         with _open(store, create=False) as s:
-            n = s.remove([os.fspath(p) for p in paths])
+            n = s.remove([os.fspath(p) for p in paths], missing_ok=False)
     if as_json:
         _emit_json({"removed": n})
     else:
@@ -346,7 +403,13 @@ def serve(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # The command's work is done and said. More Ctrl-C while the interpreter shuts down (joining worker
+        # threads, atexit callbacks) would print "Exception ignored in atexit callback" or kill the process
+        # by the signal: leave quietly with 130 instead.
+        signal.signal(signal.SIGINT, _exit_now)
 
 
 if __name__ == "__main__":

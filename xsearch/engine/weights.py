@@ -195,6 +195,16 @@ def model_id(name: str | None = None) -> str:
     return f"dir:{spec.label}-{_checkpoint_key(spec.checkpoint, spec.config)[:8]}"
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model ids name the same weights. A model folder's id ends with a key of its checkpoint
+    and config: a copy of the folder under another name is the same model, though its label differs."""
+    if a == b:
+        return True
+    if a.startswith("dir:") and b.startswith("dir:"):
+        return a.rsplit("-", 1)[-1] == b.rsplit("-", 1)[-1]
+    return False
+
+
 def cached_files(name: str | None = None) -> dict[str, Path]:
     """``{tower: .safetensors path, "config": config.json}`` of a completed conversion, else ``{}``.
 

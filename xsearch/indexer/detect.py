@@ -34,7 +34,7 @@ AUTO = "auto"
 def check_override(modality: str | None) -> str | None:
     choices = OVERRIDE_MODALITIES + tuple(EXTENSIONS) + (AUTO,)
     if modality is not None and modality not in choices:
-        raise UsageError(f"--modality must be one of {', '.join(choices)}, not {modality!r}")
+        raise UsageError(f"modality must be one of {', '.join(choices)}, not {modality!r}")
     return modality
 
 

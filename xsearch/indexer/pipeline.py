@@ -51,7 +51,7 @@ class IndexReport:
     skipped: int = 0  # files of no modality xsearch handles
     interrupted: bool = False
     seconds: float = 0.0
-    errors: list[dict[str, str]] = field(default_factory=list)  # this run's new failures
+    errors: list[dict[str, str]] = field(default_factory=list)  # every file counted in `failed`, with its reason
     missing: list[str] = field(default_factory=list)  # indexed folders not on disk (their items are kept)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +153,26 @@ def _outermost(paths: Sequence[str]) -> list[str]:
     return [p for p in unique if _owner(p, [q for q in unique if q != p]) is None]
 
 
+def _hidden_below(path: str, owner: str) -> bool:
+    """Whether a name between ``owner`` (a folder above ``path``) and ``path`` is hidden (starts with '.')."""
+    rel = path[len(owner):].strip(os.sep)
+    return any(part.startswith(".") for part in rel.split(os.sep))
+
+
+def _known_spelling(path: str, known: Sequence[str]) -> str:
+    """``path`` spelled under the indexed folder whose real location holds it (the innermost), when it
+    reaches that folder only through a symlink; else ``path``. One folder is thus never indexed twice."""
+    real = os.path.realpath(fs_path(path))
+    best: tuple[str, str] | None = None
+    for r in known:
+        rr = os.path.realpath(fs_path(r))
+        if (real == rr or real.startswith(os.path.join(rr, ""))) and (best is None or len(rr) > len(best[1])):
+            best = (r, rr)
+    if best is None:
+        return path
+    return store_path(fs_path(best[0]) + real[len(best[1]):])
+
+
 # Below this many parameters (the embedder's model for a modality), index runs use one torch thread.
 LIGHT_MODEL_PARAMS = 10_000_000
 
@@ -217,7 +237,12 @@ class Indexer:
 
                 raise UsageError(f"{store_path(root)}: no such file or folder")
             root = store_path(root)  # as stored (a folder name that is not valid UTF-8 is escaped)
-            if modality is not None or _owner(root, known) is None:
+            if _owner(root, known) is None:
+                root = _known_spelling(root, known)  # a symlink to an indexed folder (or into one) is that folder
+            owner = _owner(root, known)
+            # A hidden file or folder named here is recorded, so that runs over its folder (which skip hidden
+            # names) keep it rather than drop it.
+            if modality is not None or owner is None or _hidden_below(root, owner):
                 self.storage.add_root(root, None if modality == AUTO else modality)
             walk_paths.append(root)
         return _outermost(walk_paths)
@@ -228,6 +253,9 @@ class Indexer:
         gone: dict[str, Any] = {}
         reroot: dict[str, list[int]] = {}  # unchanged items now owned by another (inner or outer) folder
         roots = self.storage.roots()
+        named = {fs_path(r) for r in roots}  # hidden ones among them are walked all the same
+        # A symlink to another indexed folder is not walked into: that folder lists its files, once.
+        reals = {r: os.path.realpath(fs_path(r)) for r in roots}
         for top in walk_paths:
             if not os.path.lexists(fs_path(top)):
                 # Moved, deleted or unmounted: keep its items (re-embedding them is costly) and say so.
@@ -236,7 +264,8 @@ class Indexer:
             stored = {it.path: it for it in self.storage.items_under(top)}
             seen: set[str] = set()
             unreadable: list[str] = []  # folders whose files are unknown this run: theirs are kept
-            for entry in walk(fs_path(top)):
+            elsewhere = {real for r, real in reals.items() if r != top}
+            for entry in walk(fs_path(top), keep=named, elsewhere=elsewhere):
                 seen.add(entry.path)
                 root = _owner(entry.path, roots) or top
                 old = stored.get(entry.path)
@@ -244,7 +273,7 @@ class Indexer:
                     unreadable.append(os.path.join(entry.path, ""))
                 if entry.error is not None:
                     if old is not None and old.status == "failed" and old.error == entry.error:
-                        report.failed += 1
+                        self._still_failed(old, report)
                         continue
                     failures.append(self._failure(entry, "unknown", root, entry.error))
                     continue
@@ -257,7 +286,7 @@ class Indexer:
                     if old.root != root:
                         reroot.setdefault(root, []).append(old.id)
                     if old.status == "failed":
-                        report.failed += 1
+                        self._still_failed(old, report)
                     else:
                         report.unchanged += 1
                     continue
@@ -268,6 +297,12 @@ class Indexer:
         for root, ids in reroot.items():
             self.storage.set_root(ids, root)
         return todo, failures, gone
+
+    @staticmethod
+    def _still_failed(old: Item, report: IndexReport) -> None:
+        """An unchanged file that failed before: counted and listed with its reason, as a new failure is."""
+        report.failed += 1
+        report.errors.append({"path": old.path, "reason": old.error or ""})
 
     def _failure(self, entry: Entry, modality: str, root: str, reason: str, chash: str | None = None, *,
                  retry: bool = False) -> ItemRecord:

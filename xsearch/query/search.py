@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 from xsearch.errors import UsageError
-from xsearch.pathnames import stored_abspath
+from xsearch.pathnames import name_keys, store_path, stored_abspath
 from xsearch.query.spec import QueryInput, QuerySpec
 from xsearch.storage import Storage
 
@@ -23,7 +23,8 @@ class Hit:
     facts: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": self.score, "path": self.path, "modality": self.modality, "id": self.id, **({"facts": self.facts} if self.facts else {})}
+        return {"rank": self.rank, "score": self.score, "path": self.path, "modality": self.modality, "id": self.id,
+                "facts": self.facts}
 
 
 def compose(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -82,7 +83,7 @@ def _find_like(value: str, storage: Storage) -> Any:
 
     The same order as Store.remove, so "like" and "remove" agree on what a name means.
     """
-    for key in dict.fromkeys((value, stored_abspath(value))):
+    for key in name_keys(value):
         item = storage.item_by_path(key)
         if item is not None:
             return item
@@ -95,12 +96,13 @@ def _like_item(value: str, storage: Storage) -> Any:
     Worded without CLI flags: the Python and HTTP APIs raise the same messages.
     """
     item = _find_like(value, storage)
+    shown = store_path(value)  # a name that is not valid UTF-8 cannot be printed as it is
     if item is None:
         if os.path.isdir(value):
-            raise UsageError(f"like: {value} is a folder; name one indexed file in it")
-        raise UsageError(f"like: {value} is not indexed in this store; index it first, or search with the file itself")
+            raise UsageError(f"like: {shown} is a folder; name one indexed file in it")
+        raise UsageError(f"like: {shown} is not indexed in this store; index it first, or search with the file itself")
     if item.status != "ok":
-        raise UsageError(f"like: {value} failed to index ({item.error or 'no reason recorded'}); "
+        raise UsageError(f"like: {shown} failed to index ({item.error or 'no reason recorded'}); "
                          "it has no vector: fix or replace the file and index it again")
     return item
 
