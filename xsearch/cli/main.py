@@ -211,12 +211,14 @@ def query(
 def status(
     store: Optional[Path] = StoreOpt,
     errors: bool = typer.Option(False, "--errors", help="List every file that failed, with its reason."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="With --errors: also what the decoders said about "
+                                 "each file (warnings kept from indexing), for indexed files too."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Counts per modality, indexes, model, store size, failed files."""
     with _errors():
         with _open(store, create=False, read_only=True) as s:
-            st = s.status()
+            st = s.status(verbose=verbose)
     if as_json:
         _emit_json(st)
         return
@@ -239,6 +241,13 @@ def status(
     if errors:
         for e in st["errors"]:
             out.print(_one_line(f"{e['path']}: {e['reason']}"))
+            for line in e.get("warnings", []):
+                out.print(_one_line(f"    decoder said: {line}"))
+        for w in st.get("warnings", []):
+            if w["status"] != "failed":
+                out.print(_one_line(f"{w['path']}: indexed, with decoder warnings"))
+                for line in w["warnings"]:
+                    out.print(_one_line(f"    decoder said: {line}"))
     elif n_err:
         out.print(f"{n_err} file(s) failed; see xsearch status --errors")
 
