@@ -12,7 +12,7 @@ import pytest
 
 import xsearch
 from tests.helpers.formats import (AUDIO_CONTAINERS, VIDEO_CONTAINERS, write_audio_av, write_every_image_format,
-                                   write_heic, write_linear_dng, write_video_av)
+                                   write_heic, write_layered_psd, write_linear_dng, write_video_av)
 from xsearch.indexer.detect import detect_modality
 
 
@@ -23,6 +23,7 @@ def indexed(tmp_path_factory, tiny_model):
     images = write_every_image_format(media / "images")
     images["HEIC"] = write_heic(media / "images" / "phone_photo_heic_without_extension")
     images["DNG"] = write_linear_dng(media / "images" / "camera.DNG")
+    images["PSD"] = write_layered_psd(media / "images" / "layered_psd_without_extension")
     (media / "audio").mkdir()
     (media / "video").mkdir()
     audio = {name: write_audio_av(media / "audio" / name, fmt, codec, rate=rate)
@@ -46,7 +47,7 @@ def test_every_image_format_pillow_writes_is_embedded_under_odd_or_missing_names
     assert {fmt: s for fmt, s in got.items() if s[:2] != ("image", "ok")} == {}
     # The set really covers the formats the issue names (not only the few the old extension list knew).
     assert {"AVIF", "DDS", "PPM", "JPEG2000", "ICO", "ICNS", "MPO", "QOI", "PCX", "SGI", "XBM", "TGA", "APNG",
-            "HEIC", "DNG"} <= set(got)
+            "HEIC", "DNG", "PSD"} <= set(got)
 
 
 def test_audio_containers_ffmpeg_reads_are_embedded_as_audio(indexed):

@@ -195,3 +195,30 @@ def write_linear_dng(path: Path, size: tuple[int, int] = (256, 192), seed: int =
     out += b"\x00" * (strip_at - len(out)) + pixels
     path.write_bytes(bytes(out))
     return path
+
+
+def write_layered_psd(path: Path, size: tuple[int, int] = (32, 24), layers: int = 2) -> Path:
+    """A Photoshop file with ``layers`` RGB layers and its merged image, uncompressed, written by hand
+    (Pillow reads PSD but does not write it). PIL opens it on the merged image; its layers count from 1."""
+    w, h = size
+    rng = np.random.default_rng(62)
+    planes = [rng.integers(0, 255, (3, h, w), dtype=np.uint8) for _ in range(layers + 1)]
+    records, channel_data = b"", b""
+    for i in range(layers):
+        name = f"layer{i}".encode()
+        pascal = bytes([len(name)]) + name
+        pascal += b"\x00" * (-len(pascal) % 4)
+        extra = struct.pack(">II", 0, 0) + pascal  # no mask, no blending ranges, the name
+        records += struct.pack(">iiiiH", 0, 0, h, w, 3)
+        records += b"".join(struct.pack(">hI", c, 2 + w * h) for c in range(3))
+        records += b"8BIMnorm" + bytes([255, 0, 0, 0]) + struct.pack(">I", len(extra)) + extra
+        channel_data += b"".join(struct.pack(">H", 0) + planes[i][c].tobytes() for c in range(3))
+    layer_info = struct.pack(">h", layers) + records + channel_data
+    layer_info += b"\x00" * (len(layer_info) % 2)
+    layer_and_mask = struct.pack(">I", len(layer_info)) + layer_info + struct.pack(">I", 0)
+    out = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, h, w, 8, 3)  # version 1, 3 channels, 8 bits, RGB
+    out += struct.pack(">I", 0) + struct.pack(">I", 0)  # no colour mode data, no image resources
+    out += struct.pack(">I", len(layer_and_mask)) + layer_and_mask
+    out += struct.pack(">H", 0) + planes[-1].tobytes()  # the merged image, raw
+    path.write_bytes(out)
+    return path

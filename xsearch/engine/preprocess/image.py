@@ -258,10 +258,8 @@ def load_image(path: str | os.PathLike, fast: bool | None = None) -> torch.Tenso
     if fast is None:
         fast = fast_decode_enabled()
     img = open_image(path, DRAFT_MIN_SHORT_SIDE if fast else None)
-    if getattr(img, "n_frames", 1) > 1 and img.tell() != 0:
-        # Animated: the first frame stands for the file. (Only if not there already: PSD "frames" are
-        # layers, and seeking back to the merged image after load() fails on some files.)
-        img.seek(0)
+    # Animated or layered: the frame PIL opens on stands for the file (the first frame; a PSD's merged
+    # image), as in the original. No seek(0): PSD layers count from 1, and seeking to 0 fails.
     # Exactly the original's convert("RGB"), also for 16-bit and float grey, where PIL clips values
     # above 255 (a 16-bit photo comes out nearly white): the official embeddings are defined by it.
     # Such frames belong to the thermal loader (scaled by their own range): `--modality thermal`.
