@@ -94,3 +94,49 @@ def test_index_with_parallel_decoders_still_keeps_the_terminal_clean(noisy, tmp_
     proc = run_cli("index", media, "--store", tmp_path / "s", "--model", noisy["model"], "--no-progress",
                    "--workers", "4")
     assert _noise_in(proc.stderr) == []
+
+
+def test_fd2_output_during_a_capture_is_kept_with_it_not_printed(capfd):
+    import os
+
+    from xsearch.engine.preprocess.noise import capture
+
+    with capture("x.tif") as found:
+        os.write(2, b"libfoo: bad header in x\n")
+    assert found == ["libfoo: bad header in x"]
+    assert "libfoo" not in capfd.readouterr().err
+
+
+def test_fd2_output_while_no_file_is_decoding_passes_through(capfd):
+    import os
+
+    from xsearch.engine.preprocess.noise import quiet
+
+    with quiet():
+        os.write(2, b"not decoder noise\n")
+    assert "not decoder noise" in capfd.readouterr().err
+
+
+def test_each_threads_python_warnings_go_to_its_own_file():
+    import threading
+    import warnings
+
+    from xsearch.engine.preprocess.noise import capture, quiet
+
+    found: dict[str, list[str]] = {}
+    both_inside = threading.Barrier(2)
+
+    def decode(name: str) -> None:
+        with capture(name) as lines:
+            both_inside.wait()  # both captures open at once
+            warnings.warn(f"odd header in {name}")  # the same place in the code for both files
+            both_inside.wait()
+        found[name] = lines
+
+    with quiet():
+        threads = [threading.Thread(target=decode, args=(n,)) for n in ("a.png", "b.png")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert found == {"a.png": ["UserWarning: odd header in a.png"], "b.png": ["UserWarning: odd header in b.png"]}

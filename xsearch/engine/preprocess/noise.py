@@ -100,8 +100,15 @@ class _Pipe:
             self.touched[token] = found
             return token
 
+    def sync(self) -> None:
+        """Wait until everything written to fd 2 so far has been read and passed on or attributed."""
+        with _lock:
+            token = self.next_token
+            self.next_token += 1
+        self.end(token)
+
     def end(self, token: int) -> None:
-        """Wait until everything written to fd 2 so far has been read and attributed."""
+        """Close capture ``token``: wait until everything written to fd 2 so far has been read and attributed."""
         event = threading.Event()
         with _lock:
             self.active.pop(token, None)
@@ -141,12 +148,26 @@ def _showwarning(message, category, filename, lineno, file=None, line=None) -> N
     if found is not None:
         _add(found, f"{category.__name__}: {message}")
         return
-    # Not decoding: show it as Python would have, once per place (the "always" filter we added is ours).
+    # Not decoding: as Python would have, by the filters other than ours, shown once per place.
+    if _action(str(message), category, filename, lineno) == "ignore":
+        return
     key = (str(message), category, filename, lineno)
     shown = _saved.setdefault("shown", set())
     if key not in shown:
         shown.add(key)
         _saved["showwarning"](message, category, filename, lineno, file, line)
+
+
+def _action(text: str, category: type, filename: str, lineno: int) -> str:
+    """The action the warning filters other than ours give a warning (module filters matched on the file name)."""
+    module = os.path.splitext(os.path.basename(filename or ""))[0]
+    for action, msg, cat, mod, ln in warnings.filters:
+        if (action, msg, cat, mod, ln) == _ALWAYS:
+            continue
+        if (msg is None or msg.match(text)) and issubclass(category, cat) and (mod is None or mod.match(module)) \
+                and (ln == 0 or lineno == ln):
+            return action
+    return warnings.defaultaction
 
 
 class _AvHandler(logging.Handler):
@@ -249,6 +270,8 @@ def quiet() -> Iterator[None]:
     try:
         yield
     finally:
+        if _pipe is not None and "fd" in _saved:
+            _pipe.sync()  # what was written so far reaches the terminal (or its file) before fd 2 is put back
         with _lock:
             _users -= 1
             if _users == 0:
