@@ -27,14 +27,17 @@ from xsearch.engine.preprocess.image import register_plugins
 def openable(path: str) -> bool:
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
-                img.convert("RGB")
-        return True
-    except Exception:
-        return False
+    from xsearch.engine.preprocess.noise import capture
+
+    with capture(path):  # its libtiff lines would mix with the index run's on stderr
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(path) as img:
+                    img.convert("RGB")
+            return True
+        except Exception:
+            return False
 
 
 def main() -> None:

@@ -93,15 +93,16 @@ def test_an_mpeg_transport_stream_named_ts_is_video_by_content(tmp_path):
     assert detect_modality(str(path)) == "video"
 
 
-def test_a_heic_photo_without_the_heif_extra_is_recorded_with_what_to_install(tmp_path):
-    """Without pillow-heif, PIL cannot open HEIC: the failure says which extra reads it."""
+@pytest.mark.parametrize("extra, module, write", [("heif", "pillow_heif", write_heic), ("raw", "rawpy", write_linear_dng)])
+def test_a_photo_needing_an_absent_extra_is_recorded_with_what_to_install(tmp_path, extra, module, write):
+    """Without pillow-heif (rawpy), HEIC (RAW) cannot be read: the failure says which extra reads it."""
     import subprocess
     import sys
 
-    path = write_heic(tmp_path / "photo.heic")
-    code = ("import sys; sys.modules['pillow_heif'] = None\n"
+    path = write(tmp_path / ("photo.heic" if extra == "heif" else "photo.dng"))
+    code = (f"import sys; sys.modules[{module!r}] = None\n"  # as if the extra were not installed
             "from xsearch.engine.preprocess.image import load_image\n"
             "from xsearch.errors import MediaError\n"
             f"try:\n    load_image({str(path)!r})\nexcept MediaError as e:\n    print(e.reason)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ)
-    assert 'pip install "xsearch[heif]"' in out.stdout, out.stderr
+    assert f'pip install "xsearch[{extra}]"' in out.stdout, out.stderr
