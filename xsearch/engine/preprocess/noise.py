@@ -130,7 +130,9 @@ def _to_terminal(data: bytes) -> None:
 
 
 def _add(found: list[str], line: str) -> None:
-    if len(found) < MAX_LINES and line not in found:
+    if line in found:
+        return
+    if len(found) < MAX_LINES:
         found.append(line)
     elif len(found) == MAX_LINES:
         found.append("... (more lines dropped)")
