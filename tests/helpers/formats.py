@@ -9,12 +9,12 @@ import numpy as np
 from PIL import Image
 
 # Pillow formats that cannot be written here or not read back as pixels (stubs, save-only, Ghostscript),
-# and SPIDER, which has neither an extension nor a signature to be found by.
-UNWRITABLE = {"BUFR", "GRIB", "HDF5", "WMF", "EPS", "PDF", "PALM", "SPIDER"}
+# SPIDER, which has neither an extension nor a signature to be found by, and IM (deprecated by Pillow).
+UNWRITABLE = {"BUFR", "GRIB", "HDF5", "WMF", "EPS", "PDF", "PALM", "SPIDER", "IM"}
 # Formats without a reliable signature: found by their extension (written here in upper case).
-NEEDS_EXTENSION = {"TGA": ".TGA", "XBM": ".XBM", "IM": ".IM", "MSP": ".MSP", "DIB": ".DIB"}
+NEEDS_EXTENSION = {"TGA": ".TGA", "XBM": ".XBM", "MSP": ".MSP", "DIB": ".DIB"}
 # Modes a format can save a small RGB picture in.
-_MODE = {"XBM": "1", "MSP": "1", "BLP": "P", "PCX": "RGB", "IM": "RGB", "SGI": "RGB", "ICO": "RGBA",
+_MODE = {"XBM": "1", "MSP": "1", "BLP": "P", "PCX": "RGB", "SGI": "RGB", "ICO": "RGBA",
          "ICNS": "RGBA"}
 
 
