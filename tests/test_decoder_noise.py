@@ -9,9 +9,10 @@ import pytest
 
 from tests.awkward import run_cli
 from tests.corpus import write_image
-from tests.helpers.formats import write_corrupt_mp3, write_tiff_libtiff_rejects, write_tiff_pillow_warns
+from tests.helpers.formats import (write_corrupt_mp3, write_tiff_libtiff_rejects, write_tiff_pillow_logs_an_error,
+                                   write_tiff_pillow_warns)
 
-NOISE = ("PlanarConfiguration", "TIFF", "UserWarning", "warnings.warn", "Truncated File Read", "mp3float",
+NOISE = ("PlanarConfiguration", "TIFF", "samples per pixel", "UserWarning", "warnings.warn", "Truncated File Read", "mp3float",
          "Header missing", "Illegal Audio-MPEG-Header")
 
 
@@ -24,6 +25,7 @@ def noisy(tmp_path_factory, tiny_model):
         "mp3": write_corrupt_mp3(media / "damaged.mp3"),
         "libtiff": write_tiff_libtiff_rejects(media / "bad_planar.tif"),
         "pillow": write_tiff_pillow_warns(media / "truncated_tag.tif"),
+        "pillow_log": write_tiff_pillow_logs_an_error(media / "many_samples.tif"),
         "clean": write_image(media / "clean.png", seed=3),
     }
     store = root / "store"
@@ -38,11 +40,12 @@ def _noise_in(stderr: str) -> list[str]:
 
 def test_index_keeps_decoder_noise_off_the_terminal(noisy):
     proc = noisy["index"]
-    assert proc.returncode == 1, proc.stderr  # the TIFF libtiff rejects is a failed file
+    assert proc.returncode == 1, proc.stderr  # two of the TIFFs cannot be decoded: failed files
     assert _noise_in(proc.stderr) == []
-    # What remains on stderr is xsearch's own report of the failed file.
-    assert [line.strip() for line in proc.stderr.splitlines() if line.strip()] == [
-        f"failed: {noisy['files']['libtiff']}: corrupt or truncated image (decoder error -2)"]
+    # What remains on stderr is xsearch's own report of the failed files.
+    assert sorted(line.strip() for line in proc.stderr.splitlines() if line.strip()) == [
+        f"failed: {noisy['files']['libtiff']}: corrupt or truncated image (decoder error -2)",
+        f"failed: {noisy['files']['pillow_log']}: not a readable image (unknown or corrupt format)"]
 
 
 def test_status_errors_verbose_shows_each_files_decoder_warnings(noisy):
@@ -60,6 +63,7 @@ def test_status_errors_verbose_shows_each_files_decoder_warnings(noisy):
     f = {k: str(v) for k, v in noisy["files"].items()}
     assert any("PlanarConfiguration" in w for w in blocks[f["libtiff"]])  # libtiff, written to fd 2
     assert "UserWarning: Truncated File Read" in blocks[f["pillow"]]  # a Python warning from Pillow
+    assert "PIL.TiffImagePlugin: More samples per pixel than can be decoded: 65535" in blocks[f["pillow_log"]]
     assert any("damaged audio packet" in w for w in blocks[f["mp3"]])  # FFmpeg skipped the garbage
     assert any("Header missing" in w for w in blocks[f["mp3"]])  # FFmpeg's own log line
     assert f["clean"] not in blocks

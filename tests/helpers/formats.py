@@ -222,3 +222,8 @@ def write_layered_psd(path: Path, size: tuple[int, int] = (32, 24), layers: int 
     out += struct.pack(">H", 0) + planes[-1].tobytes()  # the merged image, raw
     path.write_bytes(out)
     return path
+
+
+def write_tiff_pillow_logs_an_error(path: Path) -> Path:
+    """SamplesPerPixel 65535: Pillow's TIFF plugin logs an error (Python logging) and cannot identify it."""
+    return write_tiff_with_bad_tag(path, 277, 3, 1, 65535)

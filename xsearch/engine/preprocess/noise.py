@@ -4,7 +4,8 @@
 
 - Python warnings (Pillow's UserWarnings, ...), exactly per thread: while captures run, every warning
   goes through a dispatcher that hands it to the capture of the thread that raised it;
-- FFmpeg's log, exactly per thread: PyAV calls its log callback in the decoding thread;
+- FFmpeg's log, exactly per thread: PyAV calls its log callback in the decoding thread; likewise
+  Pillow's log records (its TIFF plugin logs errors for damaged files);
 - what C libraries write straight to file descriptor 2 (libtiff's errors, libmpg123's notes, ...).
   Descriptors are shared by all threads, so while any capture runs, fd 2 points at a pipe and xsearch's
   own stderr output (``sys.stderr``: progress bar, messages) goes to a duplicate of the real one. What
@@ -172,14 +173,42 @@ def _action(text: str, category: type, filename: str, lineno: int) -> str:
     return warnings.defaultaction
 
 
-class _AvHandler(logging.Handler):
+class _LogHandler(logging.Handler):
+    """Decoder libraries' Python log records (PIL's TIFF plugin logs errors; PyAV relays FFmpeg's log):
+    to the capturing thread's file; from other threads, on to the root logger as propagation would."""
+
     def emit(self, record: logging.LogRecord) -> None:
         found = getattr(_local, "found", None)
         if found is not None:
             _add(found, f"{record.name.removeprefix('libav.')}: {record.getMessage().strip()}")
+            return
+        root = logging.getLogger()
+        if root.handlers:
+            for handler in root.handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        elif logging.lastResort is not None and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
 
 
-_av_handler = _AvHandler(logging.WARNING)
+_log_handler = _LogHandler(logging.WARNING)
+# Loggers of decoding libraries whose records are kept with the file being decoded.
+_LOGGERS = ("PIL",)
+
+
+def _loggers_on() -> None:
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        _saved[f"propagate:{name}"] = logger.propagate
+        logger.propagate = False
+        logger.addHandler(_log_handler)
+
+
+def _loggers_off() -> None:
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.removeHandler(_log_handler)
+        logger.propagate = _saved.pop(f"propagate:{name}", True)
 
 
 def watch_av() -> None:
@@ -201,7 +230,7 @@ def _av_on() -> None:
     logger = logging.getLogger("libav")
     _saved["av_propagate"] = logger.propagate
     logger.propagate = False
-    logger.addHandler(_av_handler)
+    logger.addHandler(_log_handler)
     av.logging.set_level(av.logging.WARNING)
 
 
@@ -213,7 +242,7 @@ def _av_off() -> None:
     av.logging.set_level(_saved.pop("av_level"))
     av.logging.set_skip_repeated(_saved.pop("av_repeat"))
     logger = logging.getLogger("libav")
-    logger.removeHandler(_av_handler)
+    logger.removeHandler(_log_handler)
     logger.propagate = _saved.pop("av_propagate")
 
 
@@ -267,6 +296,7 @@ def quiet() -> Iterator[None]:
             warnings.showwarning = _showwarning
             warnings.filters.insert(0, _ALWAYS)  # every warning reaches the dispatcher, once per file
             warnings._filters_mutated()
+            _loggers_on()
             _start()
         _av_on()
     try:
@@ -278,6 +308,7 @@ def quiet() -> Iterator[None]:
             _users -= 1
             if _users == 0:
                 _av_off()
+                _loggers_off()
                 _stop()
                 if warnings.showwarning is _showwarning:
                     warnings.showwarning = _saved["showwarning"]
