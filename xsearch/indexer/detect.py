@@ -62,15 +62,14 @@ def check_override(modality: str | None) -> str | None:
     return modality
 
 
-_FTYP_IMAGE = {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"crx "}
+_FTYP_IMAGE = {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _FTYP_AUDIO = {b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "}
 _ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
 _IMAGE_MAGIC = (
     b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",
     b"8BPS", b"qoif", b"DDS ", b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xffO\xffQ", b"icns", b"SIMPLE  =",
     b"/* XPM */", b"BLP1", b"BLP2", b"\x59\xa6\x6a\x95", b"\xb1\x68\xde\x3a", b"FTEX", b"P7 332",
-    b"FUJIFILMCCD-RAW", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00",
-)
+)  # (camera RAW files are known by their extension: only rawpy reads them)
 
 
 def _sniff(head: bytes) -> tuple[str | None, bool]:
