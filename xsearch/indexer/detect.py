@@ -88,6 +88,8 @@ def _sniff(head: bytes) -> tuple[str | None, bool]:
         brand = head[8:12]
         if brand in _FTYP_IMAGE:
             return "image", False
+        if brand == b"crx ":
+            return None, False  # Canon CR3: camera RAW, known by its extension
         return ("audio", False) if brand in _FTYP_AUDIO else ("video", True)
     if head.startswith(b"\x1aE\xdf\xa3"):
         return "video", True
