@@ -47,7 +47,10 @@ def main() -> None:
     register_plugins()
     root = os.path.abspath(args.images)
     files = sorted(str(p) for p in Path(root).rglob("*") if p.is_file())
-    can_open = [f for f in files if openable(f)]
+    from xsearch.engine.preprocess.noise import quiet
+
+    with quiet():  # the damaged files' libtiff lines would otherwise mix with this JSON's neighbours
+        can_open = [f for f in files if openable(f)]
     with tempfile.TemporaryDirectory() as tmp:
         with xsearch.open(Path(tmp) / "store", model=str(TINY_MODEL)) as store:
             report = store.index([root])

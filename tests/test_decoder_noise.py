@@ -103,12 +103,26 @@ def test_index_with_parallel_decoders_still_keeps_the_terminal_clean(noisy, tmp_
 def test_fd2_output_during_a_capture_is_kept_with_it_not_printed(capfd):
     import os
 
-    from xsearch.engine.preprocess.noise import capture
+    from xsearch.engine.preprocess.noise import capture, quiet
 
-    with capture("x.tif") as found:
+    with quiet(), capture("x.tif") as found:
         os.write(2, b"libfoo: bad header in x\n")
     assert found == ["libfoo: bad header in x"]
     assert "libfoo" not in capfd.readouterr().err
+
+
+def test_a_capture_outside_quiet_leaves_fd2_to_the_other_threads(capfd):
+    """The web server decodes query files with a bare capture: its own log lines must still show."""
+    import os
+    import warnings
+
+    from xsearch.engine.preprocess.noise import capture
+
+    with capture("q.wav") as found:
+        os.write(2, b"INFO: 127.0.0.1 GET /api/search 200\n")
+        warnings.warn("odd header in q.wav")
+    assert "GET /api/search" in capfd.readouterr().err
+    assert found == ["UserWarning: odd header in q.wav"]
 
 
 def test_fd2_output_while_no_file_is_decoding_passes_through(capfd):

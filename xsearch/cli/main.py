@@ -181,7 +181,10 @@ def query(
         )
         spec.validate()
         # Readers never write to the store (a concurrent index run owns it); see xsearch.storage.lock.
-        with _open(store, model, device=device, create=False, read_only=True) as s:
+        from xsearch.engine.preprocess.noise import quiet
+
+        # A query file's decoder output stays off the terminal (libmpg123, libtiff write to fd 2 directly).
+        with _open(store, model, device=device, create=False, read_only=True) as s, quiet():
             hits = s.query(spec)
     if as_json:
         _emit_json({"query": spec.describe(), "results": [h.to_dict() for h in hits]})

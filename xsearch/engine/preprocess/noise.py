@@ -7,14 +7,16 @@
 - FFmpeg's log, exactly per thread: PyAV calls its log callback in the decoding thread; likewise
   Pillow's log records (its TIFF plugin logs errors for damaged files);
 - what C libraries write straight to file descriptor 2 (libtiff's errors, libmpg123's notes, ...).
-  Descriptors are shared by all threads, so while any capture runs, fd 2 points at a pipe and xsearch's
+  Descriptors are shared by all threads, so inside ``quiet()`` fd 2 points at a pipe and xsearch's
   own stderr output (``sys.stderr``: progress bar, messages) goes to a duplicate of the real one. What
   arrives on the pipe is given to the file being decoded then; when several files were decoding at once
   it cannot be told whose it is, and each of them gets it with a note saying so. Output that arrives
   while no file is decoding is passed on to the real stderr unchanged: it is not decoder noise.
 
-``quiet()`` keeps that set-up in place across many captures (an index run), so fd 2 is not switched
-back and forth per file. Both nest and may be entered from any thread.
+``quiet()`` puts that set-up in place for an index run or a CLI query (fd 2 is redirected only inside
+it, never by a bare ``capture``, so a server's other threads keep their stderr) and keeps it across
+many captures, so fd 2 is not switched back and forth per file. Both nest and may be entered from
+any thread.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ MAX_LINES = 20
 
 _lock = threading.RLock()
 _local = threading.local()
-_users = 0
+_users = 0  # quiet() contexts open
+_fd_users = 0  # of which redirect fd 2
 _saved: dict = {}
 _ALWAYS = ("always", None, Warning, None, 0)
 
@@ -286,9 +289,14 @@ def _stop() -> None:
 
 
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """While inside, decoder noise is captured (by ``capture``) instead of reaching the terminal."""
-    global _users
+def quiet(fd: bool = True) -> Iterator[None]:
+    """While inside, decoder noise is captured (by ``capture``) instead of reaching the terminal.
+
+    ``fd=False`` leaves file descriptor 2 alone (Python warnings and library logs only): for a process
+    whose other threads write to stderr meanwhile, such as the web server's log, whose lines would
+    otherwise be taken for a decoder's while a query file is decoded.
+    """
+    global _users, _fd_users
     with _lock:
         _users += 1
         if _users == 1:
@@ -297,19 +305,25 @@ def quiet() -> Iterator[None]:
             warnings.filters.insert(0, _ALWAYS)  # every warning reaches the dispatcher, once per file
             warnings._filters_mutated()
             _loggers_on()
-            _start()
+        if fd:
+            _fd_users += 1
+            if _fd_users == 1:
+                _start()
         _av_on()
     try:
         yield
     finally:
-        if _pipe is not None and "fd" in _saved:
+        if fd and _pipe is not None and "fd" in _saved:
             _pipe.sync()  # what was written so far reaches the terminal (or its file) before fd 2 is put back
         with _lock:
+            if fd:
+                _fd_users -= 1
+                if _fd_users == 0:
+                    _stop()
             _users -= 1
             if _users == 0:
                 _av_off()
                 _loggers_off()
-                _stop()
                 if warnings.showwarning is _showwarning:
                     warnings.showwarning = _saved["showwarning"]
                 with contextlib.suppress(ValueError):
@@ -322,16 +336,18 @@ def quiet() -> Iterator[None]:
 def capture(path: str | os.PathLike | None = None) -> Iterator[list[str]]:
     """Collect the decoder noise of the calling thread's decode; yields the list it fills.
 
-    Nested captures in one thread share the outer list. ``path`` is for the reader of the code only:
-    lines are attributed by thread and time, not by name.
+    What C libraries write to fd 2 is caught only inside ``quiet()`` (an index run, a CLI query);
+    elsewhere Python warnings and library logs are. Nested captures in one thread share the outer
+    list. ``path`` is for the reader of the code only: lines are attributed by thread and time.
     """
     outer = getattr(_local, "found", None)
     if outer is not None:
         yield outer
         return
     found: list[str] = []
-    with quiet():
-        token = _pipe.begin(found) if _pipe is not None and "fd" in _saved else None
+    with quiet(fd=False):
+        with _lock:
+            token = _pipe.begin(found) if _pipe is not None and "fd" in _saved else None
         _local.found = found
         try:
             yield found
