@@ -9,8 +9,6 @@ import pytest
 import xsearch
 from tests.corpus import write_audio, write_image
 
-langchain_retrievers = pytest.importorskip("langchain_core.retrievers")
-llama_retrievers = pytest.importorskip("llama_index.core.retrievers")
 
 
 @pytest.fixture(scope="module")
