@@ -10,7 +10,6 @@ import xsearch
 from tests.corpus import write_audio, write_image
 
 
-
 @pytest.fixture(scope="module")
 def ix(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("retrievers")
