@@ -326,12 +326,16 @@ class Store:
 
     # ------------------------------------------------------------ status
 
-    def status(self) -> dict[str, Any]:
-        """Counts and index facts per modality, the model, the store's size, failed files."""
+    def status(self, verbose: bool = False) -> dict[str, Any]:
+        """Counts and index facts per modality, the model, the store's size, failed files.
+
+        ``verbose`` adds what the decoders said about each file (``"warnings"``: one entry per file,
+        failed or indexed, with its lines; a failed file's entry in ``"errors"`` carries them too).
+        """
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) if self.path.is_dir() else 0
         counts = self.storage.counts()
         target = self.storage.reembed_target()  # an interrupted `xsearch reembed`, to continue
-        return {
+        st = {
             "store": str(self.path),
             "model": self.storage.get_meta("model") or self.model_id,
             "roots": [{"path": p, "modality": m, "missing": not os.path.lexists(fs_path(p))}
@@ -343,6 +347,13 @@ class Store:
             "store_bytes": size,
             "errors": [{"path": it.path, "reason": it.error} for it in self.storage.errors()],
         }
+        if verbose:
+            warned = self.storage.items_with_warnings()
+            said = {it.path: it.facts["warnings"] for it in warned}
+            for e in st["errors"]:
+                e["warnings"] = said.get(e["path"], [])
+            st["warnings"] = [{"path": it.path, "status": it.status, "warnings": it.facts["warnings"]} for it in warned]
+        return st
 
     def doctor(self, repair: bool = False) -> dict[str, Any]:
         """Check the store: database integrity, store vs index agreement, half-written index files,

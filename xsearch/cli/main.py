@@ -263,7 +263,10 @@ def query(
         )
         spec.validate()
         # Readers never write to the store (a concurrent index run owns it); see xsearch.storage.lock.
-        with _open(store, model, device=device, create=False, read_only=True) as s:
+        from xsearch.engine.preprocess.noise import quiet
+
+        # A query file's decoder output stays off the terminal (libmpg123, libtiff write to fd 2 directly).
+        with _open(store, model, device=device, create=False, read_only=True) as s, quiet():
             hits = s.query(spec)
     if as_json:
         _emit_json({"query": spec.describe(), "results": [h.to_dict() for h in hits]})
@@ -294,12 +297,14 @@ def query(
 def status(
     store: Optional[Path] = StoreOpt,
     errors: bool = typer.Option(False, "--errors", help="List every file that failed, with its reason."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="With --errors: also what the decoders said about "
+                                 "each file (warnings kept from indexing), for indexed files too."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Counts per modality, indexes, model, store size, failed files."""
     with _errors():
         with _open(store, create=False, read_only=True) as s:
-            st = s.status()
+            st = s.status(verbose=verbose)
     if as_json:
         _emit_json(st)
         return
@@ -325,6 +330,13 @@ def status(
     if errors:
         for e in st["errors"]:
             out.print(_one_line(f"{e['path']}: {e['reason']}"))
+            for line in e.get("warnings", []):
+                out.print(_one_line(f"    decoder said: {line}"))
+        for w in st.get("warnings", []):
+            if w["status"] != "failed":
+                out.print(_one_line(f"{w['path']}: indexed, with decoder warnings"))
+                for line in w["warnings"]:
+                    out.print(_one_line(f"    decoder said: {line}"))
     elif n_err:
         out.print(f"{n_err} file(s) failed; see xsearch status --errors")
 

@@ -323,7 +323,14 @@ class BatchEmbedder:
         """Embed files of any modality (text files too): ``(len(paths), dim)`` float32, unit rows."""
         m = self._check_modality(modality)
         paths = [_as_path(p, m) for p in _as_list(paths, m)]
-        return self._run_batches(m, paths, batch_size, lambda chunk: [self.load(m, p) for p in chunk])
+        return self._run_batches(m, paths, batch_size, lambda chunk: [self._load_quietly(m, p) for p in chunk])
+
+    def _load_quietly(self, modality: str, path: str | os.PathLike) -> Tensor:
+        # A query file's decoder warnings must not reach the terminal either (see preprocess.noise).
+        from xsearch.engine.preprocess.noise import capture
+
+        with capture(path):
+            return self.load(modality, path)
 
     embed_files = embed_paths
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from xsearch.engine.preprocess.image import fast_decode as _fast_decode
+from xsearch.engine.preprocess.noise import capture as _capture_noise
+from xsearch.engine.preprocess.noise import quiet as _quiet
 from xsearch.errors import MediaError, ModelError, StoreError, UsageError, XSearchError
 from xsearch.indexer.detect import AUTO, check_override, detect_modality
 from xsearch.indexer.facts import media_facts
@@ -315,6 +317,14 @@ class Indexer:
 
     def _decode(self, task: _Task, by_hash: dict[tuple[str, str], Any]) -> _Result:
         res = _Result(task)
+        with _capture_noise(task.entry.fspath) as noise:
+            self._decode_into(res, by_hash)
+        if noise:  # what the decoders printed or warned about this file: kept with it (status --errors --verbose)
+            res.facts = {**res.facts, "warnings": list(noise)}
+        return res
+
+    def _decode_into(self, res: _Result, by_hash: dict[tuple[str, str], Any]) -> None:
+        task = res.task
         path, modality = task.entry.fspath, task.modality
         try:
             try:
@@ -335,7 +345,7 @@ class Indexer:
                 reuse = found[0] if found else None
             if reuse is not None:
                 res.reuse = reuse
-                return res
+                return
             res.data = load_input(self.embedder, modality, path, self.fast_decode)
             if modality == "text":
                 res.facts = {"chars": len(res.data), "snippet": res.data[:200]}
@@ -343,13 +353,16 @@ class Indexer:
                 res.facts = media_facts(modality, path)
         except Exception as e:  # a bad file (or a decoder bug) must not stop the run; record it
             res.error = failure_reason(e, modality)
-        return res
 
     # ------------------------------------------------------------ the run
 
     def run(self, paths: Sequence[str] = (), modality: str | None = None) -> IndexReport:
         t0 = time.perf_counter()
         report = IndexReport()
+        with _quiet():  # decoder noise is kept with each file, off the terminal (see preprocess.noise)
+            return self._run(paths, modality, t0, report)
+
+    def _run(self, paths: Sequence[str], modality: str | None, t0: float, report: IndexReport) -> IndexReport:
         todo, failures, gone = self._plan(self._roots(paths, modality), report)
         # Moved files are matched to vanished items of the same content.
         by_hash = {(it.content_hash, it.modality): it for it in gone.values() if it.status == "ok" and it.content_hash and it.model == self.model_id}
@@ -401,7 +414,9 @@ class Indexer:
     def _consume(self, res: _Result, pending, by_hash, gone, report: IndexReport) -> None:
         task = res.task
         if res.error is not None:
-            self._write_failures([self._failure(task.entry, task.modality, task.root, res.error, res.hash)], report)
+            failure = self._failure(task.entry, task.modality, task.root, res.error, res.hash)
+            failure.facts = {k: v for k, v in res.facts.items() if k == "warnings"}
+            self._write_failures([failure], report)
             return
         if res.reuse is not None:
             self._reuse(res, by_hash, gone, report)

@@ -1,7 +1,6 @@
 """Progress reporting for long index runs: a protocol, a silent default and a rich bar."""
 from __future__ import annotations
 
-import sys
 from typing import Protocol
 
 
@@ -53,7 +52,7 @@ class RichProgress:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            console=Console(file=sys.stderr),
+            console=Console(stderr=True),  # follows sys.stderr, which an index run points past captured decoder noise
             transient=False,
         )
         self._task = None

@@ -263,6 +263,12 @@ class Storage:
     def errors(self) -> list[Item]:
         return self.items(status=FAILED)
 
+    def items_with_warnings(self) -> list[Item]:
+        """Items whose decoders warned (``facts["warnings"]``), ordered by path."""
+        query = sa.select(*_ITEM_COLUMNS).where(sa.func.json_extract(T_items.c.facts, "$.warnings").is_not(None))
+        with self._connect() as conn:
+            return [_item(r) for r in conn.execute(query.order_by(T_items.c.path))]
+
     # -- writing ---------------------------------------------------------------------------------------------
     def put(self, records: Sequence[ItemRecord]) -> list[int]:
         """Insert or replace items by path in one transaction; returns their ids in the order given.
