@@ -278,7 +278,7 @@ class Store:
         """
         from xsearch.engine.embedder import canonical_modality
         from xsearch.indexer.detect import detect_modality
-        from xsearch.query.classify import label_matrix, parse_labels, probabilities, ranked, templates_for
+        from xsearch.query.classify import Classification, label_matrix, parse_labels, probabilities, ranked, templates_for
         from xsearch.query.search import _check_file
 
         if isinstance(files, (str, os.PathLike)):
