@@ -92,6 +92,7 @@ function buildRequest() {
     form.append("target", state.target);
     form.append("k", String(K));
     if (state.like) form.append("like", String(state.like.id));
+    for (const t of state.tags || []) form.append("tags", t);
     for (const m of UPLOAD_MODALITIES) {
       const entries = state.files.filter((f) => f.modality === m);
       for (const f of entries) {
@@ -104,6 +105,7 @@ function buildRequest() {
   const body = { target: state.target, k: K };
   if (text) body.text = text;
   if (state.like) body.like = state.like.id;
+  if (state.tags && state.tags.length) body.filters = { tags: state.tags };
   return { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } };
 }
 
@@ -172,7 +174,8 @@ function renderResults(results) {
         el("span", { class: "name" }, r.name),
         el("span", { class: "score" }, r.score.toFixed(3)),
         el("span", { class: "badge " + r.modality }, r.modality),
-        el("span", { class: "bar-score" }, el("i", { style: `width:${pct.toFixed(1)}%` }))));
+        el("span", { class: "bar-score" }, el("i", { style: `width:${pct.toFixed(1)}%` }))),
+      typeof tagChips === "function" ? tagChips(r) : null);
     card.addEventListener("click", (e) => {
       if (e.target.closest("audio, video, a, button")) return; // let the players work
       state.like = { id: r.id, name: r.name };
