@@ -230,3 +230,19 @@ def test_cli_tag_query_and_status(tagged_store, tmp_path):
     assert abs(sum(probs) - 1) < 1e-6 and probs == sorted(probs, reverse=True)
     bad = run_cli("tag", "--store", where)
     assert bad.returncode == 2 and "--labels" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_store_of_the_previous_schema_gets_the_tag_tables_and_its_items_can_be_tagged(tmp_path, tiny_model):
+    import sqlalchemy as sa
+
+    from xsearch.storage import migrations
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'xsearch.db'}")
+    with engine.begin() as conn:  # a store as schema version 2 left it, without the tag tables
+        migrations.migrate(conn, where="test", read_only=False, upto=2)
+    engine.dispose()
+    with xsearch.open(tmp_path, model=tiny_model, device="cpu") as store:
+        store.add_vectors(np.eye(24, dtype=np.float32)[:3], modality="image", paths=["a", "b", "c"])
+        assert store.tag(["dog", "car"], name="pets", top=1)["tagged"] == 3
+        assert store.label_sets()[0]["items"] == 3
+        assert sa.inspect(store.storage.engine).has_table("tagged")

@@ -113,6 +113,8 @@ def _v3_tags(conn: sa.Connection) -> None:
     )
     for name in ("label_sets", "label_vectors", "tagged", "tags"):
         md.tables[name].create(conn)
+    # A set's tags count while tagged.version equals the item's indexed_at: every item needs one.
+    conn.execute(sa.text("UPDATE items SET indexed_at = :t WHERE indexed_at IS NULL"), {"t": time.time()})
 
 
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots, _v3_tags]
