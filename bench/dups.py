@@ -31,14 +31,17 @@ def build(workdir: str, n: int, dim: int, batch: int) -> dict:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from xsearch.storage import Storage
+    from xsearch.storage import IndexPolicy, Storage
 
     rng0 = np.random.default_rng(0)
     centers = rng0.standard_normal((max(200, n // 1000), dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     t0 = time.perf_counter()
     planted = 0
-    with Storage(workdir) as store:
+    # Filled behind a flat index that is never saved: the run phase builds the store's real index (IVF-PQ
+    # above 50,000 vectors) from the database once, outside the timing, instead of every retrain on the way.
+    store = Storage(workdir, policy=IndexPolicy(flat_max=10**12))
+    try:
         done = 0
         while done < n:
             rng = np.random.default_rng([1, done])
@@ -56,7 +59,9 @@ def build(workdir: str, n: int, dim: int, batch: int) -> dict:
             planted += len(dup)
             store.add_vectors(x, modality="image", paths=[f"/bench/{i:08d}.jpg" for i in range(done, done + m)])
             done += m
-        store.flush()
+    finally:
+        store.engine.dispose()  # no flush: the flat index is not kept
+    shutil.rmtree(Path(workdir) / "index", ignore_errors=True)
     return {"build_s": round(time.perf_counter() - t0, 1), "planted_pairs": planted}
 
 
@@ -66,15 +71,16 @@ def run(workdir: str, threshold: float) -> dict:
     sys.path.insert(0, str(ROOT))
     import xsearch
 
-    with xsearch.open(workdir, create=False, read_only=True) as store:
-        store.storage.load_indexes()  # loading the index is not part of the grouping
+    with xsearch.open(workdir, create=False) as store:
+        t = time.perf_counter()
+        store.storage.load_indexes()  # builds and saves the IVF index: not part of the grouping
+        index_s = time.perf_counter() - t
         info = store.storage.index_info()["image"]
         t = time.perf_counter()
         groups = store.duplicates(target="image", threshold=threshold)
         seconds = time.perf_counter() - t
-    # planted pairs are (i, i + base) inside each batch: count groups holding a planted copy
-    sizes = [len(g.members) for g in groups]
-    return {"seconds": round(seconds, 1), "groups": len(groups), "members": sum(sizes),
+    sizes = [len(g.members) for g in groups]  # planted pairs are the only vectors this close
+    return {"seconds": round(seconds, 1), "index_build_s": round(index_s, 1), "groups": len(sizes), "members": sum(sizes),
             "largest_group": max(sizes, default=0), "index": info["factory"],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
