@@ -422,13 +422,12 @@ class Store:
     def _all_vectors(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
         from xsearch.query.dups import memory_rows
 
-        parts = list(self.storage.iter_vectors(modality))
+        # Each chunk is narrowed as it comes: a million 1024-d vectors are 2 GB as float16, 4 GB as float32.
+        dtype = memory_rows(self.storage.counts().get(modality, 0), self.storage.dim or 0)
+        parts = [(i, v.astype(dtype, copy=False)) for i, v in self.storage.iter_vectors(modality)]
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, self.storage.dim or 0), np.float32)
-        dtype = memory_rows(sum(len(i) for i, _ in parts), parts[0][1].shape[1])
-        ids = np.concatenate([i for i, _ in parts])
-        x = np.concatenate([v.astype(dtype, copy=False) for _, v in parts])
-        return ids, x
+        return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
 
     def _cross_duplicates(self, counts: dict[str, int], threshold: float) -> list[DupGroup]:
         """A video with the audio files cut from its sound track, and with stills taken from it."""

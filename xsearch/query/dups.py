@@ -14,7 +14,6 @@ differ only after a long shared intro may still look alike, and an edited cut of
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -172,8 +171,3 @@ def memory_rows(n: int, d: int) -> str:
     are float16 by default anyway)."""
     return "float32" if n * d * 4 <= 1 << 30 else "float16"
 
-
-def existing(path: str) -> bool:
-    from xsearch.pathnames import fs_path
-
-    return os.path.exists(fs_path(path))
