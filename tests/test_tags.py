@@ -246,3 +246,11 @@ def test_a_store_of_the_previous_schema_gets_the_tag_tables_and_its_items_can_be
         assert store.tag(["dog", "car"], name="pets", top=1)["tagged"] == 3
         assert store.label_sets()[0]["items"] == 3
         assert sa.inspect(store.storage.engine).has_table("tagged")
+
+
+def test_classify_reads_a_text_file_not_its_name(tmp_path, tiny_model):
+    note = tmp_path / "note.txt"
+    note.write_text("a red sports car\n", encoding="utf-8")
+    with xsearch.open(tmp_path / "s", model=tiny_model, device="cpu") as store:
+        (result,) = store.classify([note], ["a red sports car", str(note)], templates="{}")
+    assert result.modality == "text" and result.labels[0][0] == "a red sports car"

@@ -302,7 +302,8 @@ class Store:
         emb = self.embedder
         out: list[Classification | None] = [None] * len(paths)
         for m, idx in by_modality.items():
-            x = emb.embed(m, [paths[i] for i in idx], scaled=True)
+            # A text file is read as one (a str given to embed("text") would be the text itself).
+            x = emb.embed(m, [Path(paths[i]) if m == "text" else paths[i] for i in idx], scaled=True)
             probs = probabilities(x, label_matrix(emb, names, templates_for(m, templates)))
             for i, p in zip(idx, probs):
                 out[i] = Classification(paths[i], m, ranked(names, p))
