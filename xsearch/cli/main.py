@@ -394,7 +394,7 @@ def dups(
         for g in groups:
             out.print(_one_line(f"{g.kind} ({len(g.members)} items)"))
             for m in g.members:
-                out.print(Text(_one_line(f"  {'keep' if m.keeper else f'{m.score:.4f}'}  {m.modality:8s} {m.path}")))
+                out.print(Text(_one_line(f"  {'keep' if m.keeper else f'{m.score:.4f}':>6}  {m.modality:8s} {m.path}")))
 
 
 @app.command()
