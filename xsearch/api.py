@@ -11,7 +11,7 @@ import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -24,6 +24,10 @@ from xsearch.query import Hit, QuerySpec, as_inputs, parse_targets, run_query
 from xsearch.query.spec import INPUT_MODALITIES
 from xsearch.storage import Storage
 from xsearch.storage.lock import holder_pid, is_locked, writer_lock
+
+if TYPE_CHECKING:
+    from xsearch.query.classify import Classification
+    from xsearch.query.dups import DupGroup
 
 _INPUT_KINDS = INPUT_MODALITIES + ("like", "vector")
 
@@ -157,6 +161,7 @@ class Store:
             finally:
                 self.storage.bind_on_first_vector({})
             if not report.interrupted:
+                self._retag()
                 # A run killed before its final save (crash, SIGKILL, power cut) left index files behind the
                 # database, for modalities this run may not have touched: bring each one up to date now.
                 for m in self.storage.stale_index_files():
@@ -239,6 +244,7 @@ class Store:
         with self._writing(hint="try again when it has finished"):
             ids = self.storage.add_vectors(x, modality=modality, paths=names, model=model)
             self.storage.flush()
+            self._retag()
         return ids
 
     def remove(self, paths: str | bytes | os.PathLike | Iterable[str | bytes | os.PathLike], *,
@@ -294,16 +300,21 @@ class Store:
         folder: str | None = None,
         glob: str | None = None,
         min_score: float | None = None,
+        tags: str | Iterable[str] | None = None,
     ) -> list[Hit]:
         """Search with one or more inputs, each a value, a ``(value, weight)`` pair, or a list of them.
 
         Strings may carry a weight as ``"VALUE@WEIGHT"``. ``like`` takes indexed paths (their
         stored vectors are used, nothing is re-embedded); ``vector`` takes raw embeddings.
+        ``tags``: only items carrying every one of these tags (see ``tag``).
         """
+        from xsearch.query.tagged import parse_tags
+
         given = dict(text=text, image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu, like=like, vector=vector)
         inputs = [i for kind in _INPUT_KINDS for i in as_inputs(kind, given[kind])]
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=folder, glob=glob, min_score=min_score,
+            tags=parse_tags(tags),
         )
         return self.query(spec)
 
@@ -322,7 +333,219 @@ class Store:
             if i.kind == "vector" and dim is not None and len(i.value) != dim:
                 # Said of the store: the index searched first (whichever modality) is beside the point.
                 raise UsageError(f"a query vector has {len(i.value)} numbers, but this store's embeddings have {dim}")
+        if spec.tags:
+            from xsearch.query.tagged import run_tagged_query
+
+            return run_tagged_query(spec, self.storage, lambda: self.embedder)
         return run_query(spec, self.storage, lambda: self.embedder)
+
+    # ------------------------------------------------------------ zero-shot labels and tags
+
+    def classify(
+        self,
+        files: str | os.PathLike | Sequence[str | os.PathLike],
+        labels: str | Sequence[str],
+        *,
+        templates: str | Sequence[str] | None = None,
+        modality: str | None = None,
+    ) -> list[Classification]:
+        """Zero-shot classification of files: per file, every label with its probability, most probable first.
+
+        Probabilities are the original ImageBind's: a softmax over the model's scaled outputs (see
+        ``xsearch.query.classify``). ``labels``: a list or a comma-separated string. ``templates``
+        replace the per-modality prompt templates (``"{}"`` stands for the label); several are averaged.
+        ``modality`` reads every file as that modality (depth, thermal, imu...); otherwise it is
+        detected as ``index`` does.
+        """
+        from xsearch.engine.embedder import canonical_modality
+        from xsearch.indexer.detect import detect_modality
+        from xsearch.query.classify import Classification, label_matrix, parse_labels, probabilities, ranked, templates_for
+        from xsearch.query.search import _check_file
+
+        if isinstance(files, (str, os.PathLike)):
+            files = [files]
+        if isinstance(templates, str):
+            templates = [templates]
+        names = parse_labels(labels)
+        by_modality: dict[str, list[int]] = {}
+        paths = [os.fspath(f) for f in files]
+        if not paths:
+            raise UsageError("classify: name at least one file")
+        for i, p in enumerate(paths):
+            m = canonical_modality(modality) if modality else None
+            _check_file(p, m or "classify")
+            m = m or detect_modality(p)
+            if m is None:
+                raise UsageError(f"{p}: not a file xsearch reads (unknown kind); give --modality to read it as one")
+            templates_for(m, templates)  # a bad template fails before the model loads
+            by_modality.setdefault(m, []).append(i)
+        self._check_model()
+        emb = self.embedder
+        out: list[Classification | None] = [None] * len(paths)
+        for m, idx in by_modality.items():
+            # A text file is read as one (a str given to embed("text") would be the text itself).
+            x = emb.embed(m, [Path(paths[i]) if m == "text" else paths[i] for i in idx], scaled=True)
+            probs = probabilities(x, label_matrix(emb, names, templates_for(m, templates)))
+            for i, p in zip(idx, probs):
+                out[i] = Classification(paths[i], m, ranked(names, p))
+        return [c for c in out if c is not None]
+
+    def tag(
+        self,
+        labels: str | Sequence[str],
+        *,
+        name: str = "labels",
+        target: str | Iterable[str] | None = "all",
+        top: int | None = 3,
+        min_prob: float | None = None,
+        templates: str | Sequence[str] | None = None,
+        wait: bool = False,
+    ) -> dict[str, Any]:
+        """Tag the indexed items of ``target`` with their most probable labels (zero-shot, as ``classify``
+        but from the stored vectors: each modality's unit vector times its logit scale).
+
+        Tags are stored under the label set ``name``: tagging again under the same name with the same
+        labels and options keeps the tags of unchanged items and tags only new or changed ones; with other
+        labels or options it replaces that set's tags (other sets are untouched). Later index runs tag
+        new and changed items of every set, without the model. ``top``: most probable labels kept per
+        item (None: all); ``min_prob``: labels under this probability are not kept.
+        Returns ``{"name", "labels", "tagged"}`` (items tagged by this call).
+        """
+        from xsearch.query.classify import label_matrix, parse_labels, templates_for
+        from xsearch.storage import tags as T
+
+        names = parse_labels(labels)
+        if isinstance(templates, str):
+            templates = [templates]
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise UsageError(f"a label set needs a name of 1 to 200 characters, not {name!r}")
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+            raise UsageError(f"top must be a whole number of at least 1, not {top!r}")
+        if min_prob is not None and not (isinstance(min_prob, (int, float)) and 0 <= min_prob <= 1):
+            raise UsageError(f"min_prob must be a probability between 0 and 1, not {min_prob!r}")
+        targets = parse_targets(target) or INPUT_MODALITIES
+        for m in targets:
+            templates_for(m, templates)
+        options = {"targets": list(targets), "top": top, "min_prob": min_prob,
+                   "templates": list(templates) if templates else None, "model": self.model_id}
+        with self._writing(wait=wait, hint="try again when it has finished, or pass wait=True"):
+            self._check_model()
+            old = T.get_label_set(self.storage, name)
+            if old is None or old["labels"] != names or old["options"] != options:
+                emb = self.embedder
+                vectors = {m: (emb.logit_scale(m), label_matrix(emb, names, templates_for(m, templates)))
+                           for m in targets}
+                T.save_label_set(self.storage, name, names, options, vectors)
+            tagged = T.retag(self.storage, [name])
+        return {"name": name, "labels": names, "tagged": tagged}
+
+    def label_sets(self) -> list[dict[str, Any]]:
+        """Every label set: name, labels, options, items tagged now and items per label."""
+        from xsearch.storage.tags import label_sets
+
+        return label_sets(self.storage)
+
+    def tags_of(self, ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Current tags per item id: ``[{"label", "prob", "set"}]``, most probable first."""
+        from xsearch.storage.tags import tags_of
+
+        return tags_of(self.storage, ids)
+
+    def _retag(self) -> None:
+        """Tag new and changed items with every stored label set (no model needed)."""
+        if self.storage.read_only:
+            return
+        from xsearch.storage.tags import retag
+
+        retag(self.storage)
+
+    # ------------------------------------------------------------ near-duplicates
+
+    def duplicates(
+        self,
+        *,
+        target: str | Iterable[str] | None = "all",
+        threshold: float = 0.95,
+        cross: bool = False,
+        cross_threshold: float | None = None,
+        probes: int = 2,
+    ) -> list[DupGroup]:
+        """Groups of items of one modality whose stored vectors have a cosine >= ``threshold``, each with a
+        suggested keeper first (largest resolution or duration, then newest). Found through the index's
+        cells (see ``xsearch.query.dups``), never by comparing all pairs. Nothing is deleted.
+
+        ``cross``: also a video's audio track (embedded now with the audio tower) against the audio files,
+        and a video's vector against the images, at ``cross_threshold`` (default: ``threshold``).
+        """
+        from xsearch.query import dups as D
+
+        for name, value in (("threshold", threshold), ("cross_threshold", cross_threshold)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not -1 <= value <= 1):
+                raise UsageError(f"{name} must be a cosine between -1 and 1, not {value!r}")
+        counts = self.storage.counts()
+        targets = [m for m in (parse_targets(target) or counts) if counts.get(m)]
+        groups: list[D.DupGroup] = []
+        for m in targets:
+            ids, x = self._all_vectors(m)
+            quantizer = None
+            if len(ids) > D.EXACT_MAX:
+                quantizer = self.storage.coarse_quantizer(m) or D.train_quantizer(x)
+            comps = D.components(D.similar_pairs(x, float(threshold), quantizer, probes))
+            items = {it.id: it for it in self.storage.get_items([int(ids[i]) for c in comps for i in c])}
+            for comp in comps:
+                rows = [i for i in comp if int(ids[i]) in items]
+                if len(rows) > 1:
+                    groups.append(D.make_group("same", [items[int(ids[i])] for i in rows], x[rows]))
+        if cross:
+            groups += self._cross_duplicates(counts, float(threshold if cross_threshold is None else cross_threshold))
+        return groups
+
+    def _all_vectors(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
+        from xsearch.query.dups import memory_rows
+
+        # Each chunk is narrowed as it comes: a million 1024-d vectors are 2 GB as float16, 4 GB as float32.
+        dtype = memory_rows(self.storage.counts().get(modality, 0), self.storage.dim or 0)
+        parts = [(i, v.astype(dtype, copy=False)) for i, v in self.storage.iter_vectors(modality)]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, self.storage.dim or 0), np.float32)
+        return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
+
+    def _cross_duplicates(self, counts: dict[str, int], threshold: float) -> list[DupGroup]:
+        """A video with the audio files cut from its sound track, and with stills taken from it."""
+        from xsearch.engine.preprocess.audio import load_audio_track
+        from xsearch.errors import MediaError
+        from xsearch.query import dups as D
+
+        groups: list[D.DupGroup] = []
+        videos = self.storage.items(modality="video", status="ok") if counts.get("video") else []
+        if not videos:
+            return groups
+        if counts.get("audio"):
+            self._check_model()
+            emb = self.embedder
+            for video in videos:
+                try:
+                    track = load_audio_track(fs_path(video.path))
+                except (MediaError, OSError):
+                    continue  # the file changed or went since it was indexed: nothing to compare
+                if track is None:
+                    continue
+                v = emb.embed_tensors("audio", [track])
+                hits = D.cross_pairs(v, lambda q, k: self.storage.search("audio", q, k), threshold)[0]
+                if hits:
+                    found = self.storage.get_items([i for i, _ in hits])
+                    vecs = np.concatenate([v, self.storage.get_vectors([it.id for it in found])])
+                    groups.append(D.make_group("audio-track", [video, *found], vecs, keeper=0))
+        if counts.get("image"):
+            vv = self.storage.get_vectors([v.id for v in videos])
+            for video, v, hits in zip(videos, vv, D.cross_pairs(vv, lambda q, k: self.storage.search("image", q, k),
+                                                                 threshold)):
+                if hits:
+                    found = self.storage.get_items([i for i, _ in hits])
+                    vecs = np.concatenate([v[None, :], self.storage.get_vectors([it.id for it in found])])
+                    groups.append(D.make_group("still", [video, *found], vecs, keeper=0))
+        return groups
 
     # ------------------------------------------------------------ status
 
@@ -346,6 +569,7 @@ class Store:
             "indexes": self.storage.index_info(),
             "store_bytes": size,
             "errors": [{"path": it.path, "reason": it.error} for it in self.storage.errors()],
+            "label_sets": self.label_sets(),
         }
         if verbose:
             warned = self.storage.items_with_warnings()

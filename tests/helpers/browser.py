@@ -36,3 +36,21 @@ def chromium_or_skip(path: str | None = None, env: Mapping[str, str] | None = No
     if in_ci(env):
         pytest.fail(f"{line}; CI is set, so a missing browser is a failure", pytrace=False)
     pytest.skip(line)
+
+
+WAIT = 60  # seconds; generous for a loaded machine, never hit when things work
+
+
+def headless_chromium():
+    """A headless Chromium driven by selenium (skips or fails as ``chromium_or_skip`` says when missing)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    programs = chromium_or_skip()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = programs["chromium"]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1800"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(programs["chromedriver"]), options=opts)
+    driver.set_script_timeout(WAIT)
+    return driver

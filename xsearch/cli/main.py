@@ -242,6 +242,7 @@ def query(
     folder: Optional[Path] = typer.Option(None, "--folder", help="Only results under this folder."),
     glob: Optional[str] = typer.Option(None, "--glob", help="Only results matching this glob: without a '/' the file name ('*.jpg'), with one the whole path, where '*' also matches '/' ('*/2024/*.jpg': any .jpg below a folder 2024)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with at least this cosine similarity."),
+    tag: List[str] = typer.Option(None, "--tag", help="Only items tagged with this label (xsearch tag). Repeatable: all must hold."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -251,6 +252,7 @@ def query(
 ) -> None:
     """Search by any mix of inputs; weights as VALUE@WEIGHT (negative subtracts)."""
     from xsearch.query import QuerySpec, as_inputs, parse_targets
+    from xsearch.query.tagged import parse_tags
 
     with _errors():
         given = dict(text=text, image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu, like=like)
@@ -259,7 +261,7 @@ def query(
             raise UsageError("give at least one query input (--text, --image, --audio, --video, --depth, --thermal, --imu, --like)")
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=os.fspath(folder) if folder else None,
-            glob=glob, min_score=min_score,
+            glob=glob, min_score=min_score, tags=parse_tags(tag),
         )
         spec.validate()
         # Readers never write to the store (a concurrent index run owns it); see xsearch.storage.lock.
@@ -326,6 +328,9 @@ def status(
             index += f" + re-rank cache ({info['rerank_cache_bytes'] / 1e6:.0f} MB)"
         table.add_row(m, str(n), index, str(info.get("ntotal", "-")))
     _print_table(table)
+    for ls in st.get("label_sets", []):
+        counts = ", ".join(f"{lab} {n}" for lab, n in ls["counts"].items())
+        out.print(_one_line(f"labels {ls['name']}: {len(ls['labels'])} labels, {ls['items']} items tagged ({counts})"))
     n_err = len(st["errors"])
     if errors:
         for e in st["errors"]:
@@ -393,6 +398,114 @@ def remove(
         _emit_json({"removed": n})
     else:
         out.print(f"removed {n}")
+
+
+def _labels(labels: Optional[str], labels_file: Optional[Path]) -> list[str]:
+    from xsearch.query.classify import parse_labels, read_labels_file
+
+    if (labels is None) == (labels_file is None):
+        raise UsageError('give the labels with --labels "dog,car,bird" or --labels-file FILE (one label a line)')
+    return parse_labels(labels) if labels is not None else read_labels_file(labels_file)
+
+
+LabelsOpt = typer.Option(None, "--labels", help='Comma-separated labels, e.g. "dog,car,bird".')
+LabelsFileOpt = typer.Option(None, "--labels-file", help="A UTF-8 file with one label a line ('#' lines skipped).")
+TemplateOpt = typer.Option(None, "--template", help='Prompt template replacing the per-modality ones, "{}" for the label, e.g. "a photo of a {}.". Repeatable: the templates\' text vectors are averaged.')
+
+
+@app.command()
+def classify(
+    files: List[Path] = typer.Argument(..., help="Files to classify (any modality)."),
+    labels: Optional[str] = LabelsOpt,
+    labels_file: Optional[Path] = LabelsFileOpt,
+    template: List[str] = TemplateOpt,
+    modality: Optional[str] = typer.Option(None, "--modality", help="Read every file as this modality (e.g. depth, thermal, imu)."),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the most probable labels."),
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Zero-shot classification: each file's labels ranked with their probabilities."""
+    with _errors():
+        names = _labels(labels, labels_file)
+        from xsearch.api import default_store_path
+        from xsearch.storage.db import db_path
+
+        exists = db_path(Path(store if store is not None else default_store_path())).exists()
+        # An existing store is only read (its model is the default); none is needed, so none is created for it.
+        with _open(store, model, device=device, create=not exists, read_only=exists) as s:
+            results = s.classify([os.fspath(f) for f in files], names, templates=template or None, modality=modality)
+    if as_json:
+        _emit_json({"labels": names, "results": [r.to_dict() for r in results]})
+        return
+    for r in results:
+        out.print(Text(f"{r.path} ({r.modality})"))
+        for lab, p in r.labels[:top]:
+            out.print(Text(f"  {p:8.4f}  {lab}"))
+
+
+@app.command()
+def tag(
+    labels: Optional[str] = LabelsOpt,
+    labels_file: Optional[Path] = LabelsFileOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="The label set's name (default: the labels file's name without extension, else 'labels')."),
+    target: List[str] = typer.Option(["all"], "--target", "-t", help="Modalities to tag (repeat or comma-separate), or all."),
+    top: int = typer.Option(3, "--top", min=1, help="Most probable labels kept per item."),
+    min_prob: Optional[float] = typer.Option(None, "--min-prob", min=0.0, max=1.0, help="Keep no label under this probability."),
+    template: List[str] = TemplateOpt,
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    wait: bool = typer.Option(False, "--wait", help="If another xsearch run is writing to the store, wait for it."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Tag the indexed items with their most probable labels (stored; later index runs tag new files too)."""
+    with _errors():
+        names = _labels(labels, labels_file)
+        set_name = name or (labels_file.stem if labels_file is not None else "labels")
+        with _open(store, model, device=device, create=False) as s:
+            report = s.tag(names, name=set_name, target=target, top=top, min_prob=min_prob,
+                           templates=template or None, wait=wait)
+            sets = {ls["name"]: ls for ls in s.label_sets()}
+    if as_json:
+        _emit_json({**report, "counts": sets[set_name]["counts"], "items": sets[set_name]["items"]})
+        return
+    out.print(_one_line(f"label set {set_name}: tagged {report['tagged']} items "
+                        f"({sets[set_name]['items']} carry its tags)"))
+    for lab, n in sets[set_name]["counts"].items():
+        out.print(_one_line(f"  {n:6d}  {lab}"))
+
+
+@app.command()
+def dups(
+    target: List[str] = typer.Option(["all"], "--target", "-t", help="Modalities to look in (repeat or comma-separate), or all."),
+    threshold: float = typer.Option(0.95, "--threshold", min=-1.0, max=1.0, help="Cosine at or above which two items count as duplicates."),
+    cross: bool = typer.Option(False, "--cross", help="Also pair videos' sound tracks with audio files and videos with stills."),
+    cross_threshold: Optional[float] = typer.Option(None, "--cross-threshold", min=-1.0, max=1.0, help="Cosine for --cross pairs (default: --threshold)."),
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = JsonOpt,
+    paths_only: bool = typer.Option(False, "--paths", help="Print the members of each group but its keeper, one path a line: the candidates to review."),
+) -> None:
+    """List groups of near-duplicate items, each with a suggested keeper. Deletes nothing."""
+    with _errors():
+        with _open(store, model, device=device, create=False, read_only=True) as s:
+            groups = s.duplicates(target=target, threshold=threshold, cross=cross, cross_threshold=cross_threshold)
+    if as_json:
+        _emit_json({"threshold": threshold, "groups": [g.to_dict() for g in groups]})
+    elif paths_only:
+        for g in groups:
+            for m in g.members[1:]:
+                sys.stdout.write(m.path + "\n")
+    elif not groups:
+        out.print("no duplicates")
+    else:
+        for g in groups:
+            out.print(_one_line(f"{g.kind} ({len(g.members)} items)"))
+            for m in g.members:
+                out.print(Text(_one_line(f"  {'keep' if m.keeper else f'{m.score:.4f}':>6}  {m.modality:8s} {m.path}")))
 
 
 @app.command()

@@ -164,6 +164,7 @@ class QuerySpec:
     folder: str | None = None  # only results under this folder
     glob: str | None = None  # only results whose path matches this glob
     min_score: float | None = None
+    tags: tuple[str, ...] = ()  # only items carrying every one of these tags (xsearch.storage.tags)
 
     @property
     def exclude(self) -> tuple[str, ...]:
@@ -196,5 +197,6 @@ class QuerySpec:
             "inputs": [i.describe() for i in self.inputs],
             "target": list(self.targets) if self.targets else "all",
             "k": self.k,
-            "filters": {"folder": self.folder, "glob": self.glob, "min_score": self.min_score},
+            "filters": {"folder": self.folder, "glob": self.glob, "min_score": self.min_score,
+                        **({"tags": list(self.tags)} if self.tags else {})},
         }

@@ -58,7 +58,7 @@ MAX_K = 1000
 UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
 FILE_FIELDS = ("text", *UPLOAD_MODALITIES)  # a text file uploaded under "text" is read as the indexer reads it
 JSON_KEYS = ("text", "like", "vector", "target", "k", "filters")
-FILTER_KEYS = ("folder", "glob", "min_score")
+FILTER_KEYS = ("folder", "glob", "min_score", "tags")
 FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight" for m in FILE_FIELDS)
 # What the API says of a failed file it does not serve: the indexer's reason may quote the file's content.
 WITHHELD_REASON = ("could not be indexed; the reason is not shown for a file this server does not serve "
@@ -198,6 +198,7 @@ class SearchRequest:
     folder: str | None = None
     glob: str | None = None
     min_score: float | None = None
+    tags: list[str] = field(default_factory=list)  # only items carrying every one of these tags
     labels: dict[str, str] = field(default_factory=dict)  # temp path -> uploaded file name
     text_files: dict[str, str] = field(default_factory=dict)  # an uploaded text file's content -> its name
 
@@ -220,7 +221,8 @@ class SearchRequest:
                 elif isinstance(d["value"], str):
                     d["value"] = self.relabel(d["value"])
                 inputs.append(d)
-        filters = {"folder": self.folder, "glob": self.glob, "min_score": self.min_score}
+        filters = {"folder": self.folder, "glob": self.glob, "min_score": self.min_score,
+                   **({"tags": self.tags} if self.tags else {})}
         return {"inputs": inputs, "target": self.target, "k": self.k, "filters": filters}
 
 
@@ -343,6 +345,15 @@ def _set_filters(req: SearchRequest, filters: dict[str, Any]) -> None:
             setattr(req, key, value)
     if filters.get("min_score") not in (None, ""):
         req.min_score = _parse_number("min_score", filters["min_score"])
+    req.tags = _parse_tags(filters.get("tags"))
+
+
+def _parse_tags(value: Any) -> list[str]:
+    """A tag or a list of tags, all required; empty ones are ignored."""
+    values = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(t, str) for t in values):
+        raise ApiError(422, f"tags must be a string or a list of strings, not {show(value)}")
+    return list(dict.fromkeys(t.strip() for t in values if t.strip()))
 
 
 def _upload_suffix(upload: UploadFile) -> str:
@@ -392,7 +403,8 @@ def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
         req.target = [t for t in fields["target"] if t.strip()] or "all"
     if fields.get("k"):
         req.k = _parse_k(fields["k"][-1])
-    _set_filters(req, {key: fields[key][-1] for key in FILTER_KEYS if fields.get(key)})
+    # "tags" may be repeated (all must hold); the other filters take their last value.
+    _set_filters(req, {key: fields[key] if key == "tags" else fields[key][-1] for key in FILTER_KEYS if fields.get(key)})
     for modality in FILE_FIELDS:
         if fields.get(f"{modality}_weight") and modality not in files:
             raise ApiError(422, f"{modality}_weight is the weight of uploaded {modality} files, and no {modality} "
@@ -739,9 +751,36 @@ class _Service:
         # like/vector searches never touch the model (and storage searches are thread-safe): no queue for them.
         with self.model_lock if needs_model else contextlib.nullcontext():
             hits = store.search(**req.inputs, target=req.target, k=req.k, folder=req.folder, glob=req.glob,
-                                min_score=req.min_score)
+                                min_score=req.min_score, tags=req.tags or None)
         roots = self.real_roots(store)
-        return [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts) for h in hits]
+        return self.with_tags(store, [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts)
+                                      for h in hits])
+
+    @staticmethod
+    def with_tags(store: Any, described: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each described item with its current tags (``[{"label", "prob", "set"}]``)."""
+        tags = store.tags_of([d["id"] for d in described])
+        for d in described:
+            d["tags"] = tags.get(d["id"], [])
+        return described
+
+    def duplicates(self, target: str, threshold: float, cross: bool, cross_threshold: float | None) -> list[dict[str, Any]]:
+        """Blocking: Store.duplicates (under the model lock when --cross embeds sound tracks), members described."""
+        store = self.current()
+        with self.model_lock if cross else contextlib.nullcontext():
+            groups = store.duplicates(target=target, threshold=threshold, cross=cross, cross_threshold=cross_threshold)
+        roots = self.real_roots(store)
+        items = {it.id: it for it in store.storage.get_items([m.id for g in groups for m in g.members])}
+        out = []
+        for g in groups:
+            members = []
+            for m in g.members:
+                if m.id in items:
+                    d = self.describe_item(items[m.id], roots, score=m.score)
+                    d["keeper"] = m.keeper
+                    members.append(d)
+            out.append({"kind": g.kind, "keeper": g.keeper.path, "members": self.with_tags(store, members)})
+        return out
 
     @staticmethod
     def _like_path(store: Any, value: int | str) -> str:
@@ -966,6 +1005,14 @@ def create_app(
         real = svc.servable(store, svc.item(store, item_id))
         return MediaFileResponse(real, media_type=media_type(real), headers={"Cache-Control": "private, max-age=300"})
 
+    @app.get("/api/duplicates", summary="Groups of near-duplicate items, each with a suggested keeper first")
+    def duplicates(target: str = "all", threshold: float = 0.95, cross: bool = False,
+                   cross_threshold: float | None = None) -> dict[str, Any]:
+        for name, value in (("threshold", threshold), ("cross_threshold", cross_threshold)):
+            if value is not None and not (math.isfinite(value) and -1 <= value <= 1):
+                raise ApiError(422, f"{name} must be a cosine between -1 and 1, not {show(value)}")
+        return {"threshold": threshold, "groups": svc.duplicates(target, threshold, cross, cross_threshold)}
+
     @app.get("/api/status", summary="Counts per modality, indexes, model, failed files")
     def status() -> dict[str, Any]:
         store = svc.current()
@@ -1025,7 +1072,9 @@ _SEARCH_BODY_DOC = {
                     "target": {"description": '"all", a modality, or a list', "anyOf": [{"type": "string"}, {"type": "array"}]},
                     "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
                     "filters": {"type": "object", "properties": {
-                        "folder": {"type": "string"}, "glob": {"type": "string"}, "min_score": {"type": "number"}}},
+                        "folder": {"type": "string"}, "glob": {"type": "string"}, "min_score": {"type": "number"},
+                        "tags": {"description": "Only items carrying every one of these tags (xsearch tag)",
+                                 "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}},
                 },
                 "example": {"text": "a dog", "target": "image", "k": 10},
             }
@@ -1041,6 +1090,7 @@ _SEARCH_BODY_DOC = {
                     "like": {"type": "string"}, "target": {"type": "string"},
                     "k": {"type": "integer"}, "folder": {"type": "string"}, "glob": {"type": "string"},
                     "min_score": {"type": "number"},
+                    "tags": {"type": "string", "description": "A required tag; repeat the field for several"},
                 },
             }
         },

@@ -233,6 +233,26 @@ class Storage:
             raise StoreError(f"{self._where}: no stored vector for item id {missing[0]} (failed, removed or unknown)")
         return got[[row_of[int(i)] for i in wanted]] if len(wanted) else np.zeros((0, fmt[0]), np.float32)
 
+    def iter_vectors(self, modality: str, chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 unit vectors) of every stored vector of a modality, in id order, ``chunk`` rows at a
+        time, from one consistent snapshot (memory stays bounded by the chunk)."""
+        fmt = self._format or self._refresh_format()
+        if fmt is None:
+            return
+        with self._connect() as conn:
+            for ids, x, _raw in _DbSource(conn, modality, fmt).chunks(chunk):
+                yield ids, x
+
+    def coarse_quantizer(self, modality: str) -> object | None:
+        """A copy of the coarse quantizer (cell centroids) of a modality's IVF index; None for a flat one."""
+        import faiss
+
+        mi = self._index(modality)
+        if mi is None or mi.kind == "flat":
+            return None
+        with mi.lock.read():
+            return faiss.clone_index(faiss.extract_index_ivf(mi.index).quantizer)
+
     def ids_matching(self, *, modality: str | None = None, prefix: str | None = None,
                      glob: str | None = None) -> np.ndarray:
         """Sorted int64 ids of ok items, for filtered search. A `glob` without a path separator matches the

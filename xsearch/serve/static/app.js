@@ -106,6 +106,7 @@ function buildRequest() {
     form.append("target", state.target);
     form.append("k", String(K));
     if (state.like) form.append("like", String(state.like.id));
+    for (const t of state.tags || []) form.append("tags", t);
     for (const m of UPLOAD_MODALITIES) {
       const entries = state.files.filter((f) => f.modality === m);
       for (const f of entries) {
@@ -118,6 +119,7 @@ function buildRequest() {
   const body = { target: state.target, k: K };
   if (text) body.text = text;
   if (state.like) body.like = state.like.id;
+  if (state.tags && state.tags.length) body.filters = { tags: state.tags };
   return { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } };
 }
 
@@ -235,7 +237,8 @@ function renderResults(results) {
         // The keyboard's (and screen reader's) way to what a click on the card does.
         el("button", { type: "button", class: "more", "aria-label": "more like " + r.name, onclick: () => searchLike(r) },
           "more like this"),
-        el("span", { class: "bar-score" }, el("i", { style: `width:${pct.toFixed(1)}%` }))));
+        el("span", { class: "bar-score" }, el("i", { style: `width:${pct.toFixed(1)}%` }))),
+      typeof tagChips === "function" ? tagChips(r) : null);
     card.addEventListener("click", (e) => {
       if (e.target.closest("audio, video, a, button")) return; // let the players (and the button) work
       searchLike(r);
