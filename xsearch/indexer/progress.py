@@ -1,6 +1,7 @@
 """Progress reporting for long index runs: a protocol, a silent default and a rich bar."""
 from __future__ import annotations
 
+import sys
 from typing import Protocol
 
 
