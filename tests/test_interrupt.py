@@ -30,7 +30,9 @@ def test_sigint_stops_cleanly_and_next_run_continues(tmp_path, tiny_model):
     store = tmp_path / "s"
     cmd = [sys.executable, "-m", "xsearch.cli.main", "index", str(media), "--store", str(store),
            "--model", tiny_model, "--no-progress", "--json", "--batch-size", "4"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The run must receive Ctrl-C even when this process was launched with SIGINT ignored (which children inherit).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while _count(store / "xsearch.db") < 8 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -72,11 +74,26 @@ def test_ctrl_c_between_a_commit_and_its_index_update_waits_for_the_update(tmp_p
         return real_apply(self, changes, gens)
 
     monkeypatch.setattr(Storage, "_apply", apply_after_a_signal)
-    with pytest.raises(KeyboardInterrupt):
-        store.add_vectors(x[4:], modality="image", paths=[f"/a/{i}" for i in range(4, 8)])
+    # Python's Ctrl-C handler, whatever this process was started with: a process launched with SIGINT
+    # ignored (a background shell job, nohup) would otherwise ignore the signal this test sends.
+    launched_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            store.add_vectors(x[4:], modality="image", paths=[f"/a/{i}" for i in range(4, 8)])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    finally:
+        signal.signal(signal.SIGINT, launched_with)
     monkeypatch.undo()
     assert store.index_info()["image"]["ntotal"] == 8  # the committed batch reached the index
     store.flush()
     assert store.check() == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
     store.close()
+
+
+def test_the_ctrl_c_tests_pass_when_launched_with_sigint_ignored():
+    """As under a background shell job or nohup: the process starts with SIGINT ignored."""
+    ignore_then_run = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                       "os.execv(sys.executable, [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', "
+                       f"{__file__ + '::test_ctrl_c_between_a_commit_and_its_index_update_waits_for_the_update'!r}])")
+    run = subprocess.run([sys.executable, "-c", ignore_then_run], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]

@@ -6,6 +6,7 @@ import fnmatch
 import os
 import posixpath
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from xsearch.pathnames import store_path, stored_abspath
 from xsearch.query import QuerySpec, as_inputs, filters
 from xsearch.serve import BackgroundServer
 from xsearch.storage import IndexPolicy, Storage
+from xsearch.storage import tags as stored_tags
 from xsearch.storage.store import _successor
 
 DIM = 32
@@ -40,12 +42,20 @@ def layout(n: int) -> tuple[list[str], list[str]]:
 
 
 def make_store(path: Path, n: int, dim: int = DIM, policy: IndexPolicy | None = None) -> xsearch.Store:
+    """The layout's items, tagged: "rare" on the FIXED images and on /data/tiny/0.wav, "even" on every
+    other item (by id), "bulk" on every item in /data/bulk (tags written directly: no model needed)."""
     images, audio = layout(n)
     store = xsearch.open(path)
     if policy is not None:
         store.storage.policy = policy
     store.add_vectors(unit(len(images), 1, dim), modality="image", paths=images)
     store.add_vectors(unit(len(audio), 2, dim), modality="audio", paths=audio)
+    items = [it for m in ("image", "audio") for it in store.storage.items(modality=m)]
+    tags = [[(label, 0.9) for label, on in (("rare", it.path.startswith("/data/fixed/") or it.path == "/data/tiny/0.wav"),
+                                            ("even", it.id % 2 == 0), ("bulk", it.path.startswith("/data/bulk/")))
+             if on] for it in items]
+    stored_tags.save_label_set(store.storage, "test", ["rare", "even", "bulk"], {}, {})
+    stored_tags._write(store.storage, "test", [(it.id, it.indexed_at) for it in items], tags)
     return store
 
 
@@ -93,6 +103,8 @@ QUERIES = {
     "glob with a folder part (range)": lambda s, q: s.search(vector=q, glob="/data/fixed/01*.jpg", k=5),
     "folder + glob + min_score": lambda s, q: s.search(vector=q, folder="/data/fixed", glob="*[0-4].jpg",
                                                       min_score=-1.0, k=5),
+    "tag carried by the same few items (selection)": lambda s, q: s.search(vector=q, tags="rare", k=10),
+    "tag carried by half the items (candidates tested)": lambda s, q: s.search(vector=q, tags="even", k=10),
 }
 
 
@@ -171,6 +183,15 @@ def glob_test(pattern: str):
     return lambda p: fnmatch.fnmatchcase(p if whole else posixpath.basename(p), pattern)
 
 
+def tag_test(store: xsearch.Store, kwargs: dict):
+    labels = [kwargs["tags"]] if isinstance(kwargs["tags"], str) else kwargs["tags"]
+    items = [it for m in ("image", "audio") for it in store.storage.items(modality=m)]
+    tags = store.tags_of([it.id for it in items])
+    carrying = {it.path for it in items if set(labels) <= {t["label"] for t in tags.get(it.id, [])}}
+    inside = under(kwargs["folder"]) if "folder" in kwargs else (lambda p: True)
+    return lambda p: p in carrying and inside(p)
+
+
 def under(folder: str):
     prefix = os.path.join(stored_abspath(folder), "")
     return lambda p: p.startswith(prefix)
@@ -182,7 +203,7 @@ CASES = {  # name: (search keywords, brute-force test of a path), k=10
     "folder and glob, fewer than k": ({"folder": "/data/fixed", "glob": "00[0-5].jpg"},
                                       lambda p: under("/data/fixed")(p) and glob_test("00[0-5].jpg")(p)),
     "folder, many": ({"folder": "/data/bulk"}, under("/data/bulk")),
-    "folder, none": ({"folder": "/data/nothing"}, under("/data/nothing")),
+    "folder, none": ({"folder": tempfile.gettempdir()}, under(tempfile.gettempdir())),  # a folder, nothing indexed
     "glob on names, many": ({"glob": "*.png"}, glob_test("*.png")),
     "glob on names, fewer than k": ({"glob": "00001?.jpg"}, glob_test("00001?.jpg")),
     "glob on names, none": ({"glob": "*.gif"}, glob_test("*.gif")),
@@ -192,6 +213,10 @@ CASES = {  # name: (search keywords, brute-force test of a path), k=10
     "glob and folder, many": ({"glob": "*.jpg", "folder": "/data/bulk"},
                               lambda p: under("/data/bulk")(p) and p.endswith(".jpg")),
     "min_score with a glob": ({"glob": "*.png", "min_score": 0.3}, glob_test("*.png")),
+    "tag, fewer than k": ({"tags": ["rare", "even"]}, None),
+    "tag, many": ({"tags": "even"}, None),
+    "tags and folder, many": ({"tags": ["bulk", "even"], "folder": "/data/bulk/sound"}, None),
+    "tag, none": ({"tags": ["rare", "bulk"]}, None),
 }
 
 
@@ -216,6 +241,8 @@ def test_filtered_results_equal_a_brute_force_filter(filtered_store, case, selec
     if select_min == 8:
         monkeypatch.setattr(filters, "SELECT_SHARE", 10**9)
     kwargs, keep = CASES[case]
+    if keep is None:  # a tag filter: the brute force reads every item's tags
+        keep = tag_test(store, kwargs)
     for seed in range(3):
         q = unit(1, 100 + seed, store.storage.dim)[0]
         hits = store.search(vector=q, k=10, **kwargs)
@@ -266,8 +293,9 @@ def test_folder_filter_on_escaped_names(tmp_path):
         "/m/\U0010ffff\U0010ffff/i.jpg".encode(): "max2",
     }
     stored = {store_path(os.fsdecode(raw)): tag for raw, tag in names.items()}
-    with xsearch.open(tmp_path / "s") as store:
-        store.add_vectors(unit(len(stored), 3), modality="image", paths=list(stored))
+    with xsearch.open(tmp_path / "s") as store:  # names as on disk: add_vectors stores them escaped
+        store.add_vectors(unit(len(stored), 3), modality="image", paths=[os.fsdecode(raw) for raw in names])
+        assert {it.path for it in store.storage.items()} == set(stored)
         q = unit(1, 4)[0]
         for folder, tags in ((b"/m/caf\xe9", {"byte"}), (b"/m/caf\\xe9", {"backslash"}), ("/m/café", {"utf8"}),
                              (b"/m/caf", {"short"}), (b"/m/caf\xe9\xff", {"two bytes"}),

@@ -4,15 +4,17 @@ Real store (tiny fixture ImageBind model, a corpus of every modality), real sock
 """
 from __future__ import annotations
 
-import http.client
 import io
+import logging
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,23 +25,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import xsearch
-from tests.corpus import build_corpus
+from tests.helpers.serve import index_corpus, item_id, post_form, raw_get, raw_request
 from xsearch.cli.main import app as cli_app
 from xsearch.errors import UsageError
-from xsearch.serve import BackgroundServer, check_bind, is_loopback
+from xsearch.serve import BackgroundServer, check_bind, create_app, is_loopback
 
 UPLOAD_LIMIT = 2_000_000  # small, so the 413 test stays cheap; every corpus file is far below it
 UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
-
-
-def index_corpus(root: Path, golden: Path, model: str) -> tuple[xsearch.Store, dict[str, list[Path]]]:
-    files = build_corpus(root, golden)
-    store = xsearch.open(root / "store", model=model)
-    store.index([root / "media"])
-    store.index([root / "depth"], modality="depth")
-    store.index([root / "thermal"], modality="thermal")
-    store.index([root / "imu"])
-    return store, files
 
 
 @pytest.fixture(scope="module")
@@ -60,21 +52,6 @@ def server(corpus):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=120) as c:
         yield c
-
-
-def item_id(store: xsearch.Store, path: Path) -> int:
-    return store.storage.item_by_path(str(path)).id
-
-
-def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:
-    """A GET that sends ``path`` byte for byte (httpx would normalise ``..`` away)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def upload_dirs() -> set[str]:
@@ -155,7 +132,7 @@ def test_like_by_id_and_by_path(client, corpus):
     expected = store.search(like=str(a), target="image")
     assert [x["path"] for x in by_id] == [x["path"] for x in by_path] == [h.path for h in expected]
     assert str(a) not in [x["path"] for x in by_id]
-    form = client.post("/api/search", data={"like": str(item_id(store, a)), "target": "image"}).json()["results"]
+    form = post_form(client, {"like": str(item_id(store, a)), "target": "image"}).json()["results"]
     assert [x["path"] for x in form] == [h.path for h in expected]
 
 
@@ -287,16 +264,17 @@ def test_bad_requests_get_4xx(client):
         ({"json": {"like": 999999}}, 422),
         ({"json": {"text": "x", "filters": {"folder": 3}}}, 422),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400),
-        ({"data": {"image": "not a file"}}, 422),
-        ({"data": {"text": "x", "k": "many"}}, 422),
-        ({"data": {"text": "x", "flavour": "sweet"}}, 422),
+        ({"files": {"image": (None, "not a file")}}, 422),
+        ({"files": {"text": (None, "x"), "k": (None, "many")}}, 422),
+        ({"files": {"text": (None, "x"), "flavour": (None, "sweet")}}, 422),
     ]
     for kwargs, status in cases:
         r = client.post("/api/search", **kwargs)
         assert r.status_code == status, (kwargs, r.status_code, r.text)
         assert r.json()["detail"]
     # A relative folder would mean the server's working directory, which no client can know.
-    for kwargs in ({"json": {"text": "x", "filters": {"folder": "media/notes"}}}, {"data": {"text": "x", "folder": "media"}}):
+    for kwargs in ({"json": {"text": "x", "filters": {"folder": "media/notes"}}},
+                   {"files": {"text": (None, "x"), "folder": (None, "media")}}):
         r = client.post("/api/search", **kwargs)
         assert r.status_code == 422 and "absolute path" in r.json()["detail"], (kwargs, r.text)
 
@@ -385,7 +363,7 @@ def test_non_loopback_without_token_refuses_to_start(corpus):
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("example.com")
     with pytest.raises(UsageError, match="token"):
         check_bind("0.0.0.0", None)
-    check_bind("0.0.0.0", "s3cret")
+    check_bind("0.0.0.0", "s3cret-s3cret-s3cret")
     check_bind("127.0.0.1", None)
     with pytest.raises(UsageError, match="token"):
         BackgroundServer(corpus["store"], host="0.0.0.0")
@@ -397,7 +375,7 @@ def test_non_loopback_without_token_refuses_to_start(corpus):
 @pytest.fixture(scope="module")
 def token_server(corpus):
     """`xsearch serve --token` as a user runs it, as a process, on a port it picks (--port 0)."""
-    token = "s3cret/+token"
+    token = "s3cret/+token-0123456789"
     cmd = [sys.executable, "-m", "xsearch.cli.main", "serve", "--port", "0", "--token", token,
            "--store", str(corpus["root"] / "store")]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -513,7 +491,7 @@ def test_malformed_ids_and_values_get_json_4xx(client, server, corpus):
     deep = b"[" * 100_000 + b"]" * 100_000
     r = client.post("/api/search", content=deep, headers={"content-type": "application/json"})
     assert r.status_code == 400 and "nested" in r.json()["detail"]
-    r = client.post("/api/search", data={"text": "dog", "k": "²"})
+    r = post_form(client, {"text": "dog", "k": "²"})
     assert r.status_code == 422 and "k must be" in r.json()["detail"]
     # an upload beside a bad field: the error names the field, not the (fine) upload
     photo = corpus["files"]["image"][0]
@@ -572,13 +550,13 @@ def test_invalid_range_sends_the_whole_file_and_head_works(client, corpus):
 
 
 def test_tokens_with_plus_or_non_ascii_characters(corpus):
-    token = "ab+c/dé"
+    token = "0123456789ab+c/dé"
     with BackgroundServer(corpus["store"], token=token) as srv:
-        assert raw_get(srv.port, "/api/status?token=ab+c/d%C3%A9")[0] == 200  # pasted unencoded: "+" kept
-        assert raw_get(srv.port, "/api/status?token=ab%2Bc%2Fd%C3%A9")[0] == 200
-        assert raw_get(srv.port, "/api/status?token=ab%20c/d%C3%A9")[0] == 401
-        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer ab+c/d\u00c3\u00a9"})[0] == 200  # UTF-8 bytes
-        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer ab+c/d\u00e9"})[0] == 401  # latin-1 byte
+        assert raw_get(srv.port, "/api/status?token=0123456789ab+c/d%C3%A9")[0] == 200  # pasted unencoded: "+" kept
+        assert raw_get(srv.port, "/api/status?token=0123456789ab%2Bc%2Fd%C3%A9")[0] == 200
+        assert raw_get(srv.port, "/api/status?token=0123456789ab%20c/d%C3%A9")[0] == 401
+        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer 0123456789ab+c/d\u00c3\u00a9"})[0] == 200  # UTF-8
+        assert raw_get(srv.port, "/api/status", {"Authorization": "Bearer 0123456789ab+c/d\u00e9"})[0] == 401  # latin-1
 
 
 def test_text_in_a_legacy_encoding_is_served_with_its_charset(client, corpus):
@@ -597,3 +575,190 @@ def test_text_in_a_legacy_encoding_is_served_with_its_charset(client, corpus):
     finally:
         store.remove([str(note)])
         note.unlink()
+
+
+# --------------------------------------------------------------------------- found by exploratory testing (issue 18)
+
+
+def test_the_api_says_nothing_of_a_failed_file_it_does_not_serve(tmp_path, tiny_model):
+    """A symlink in an IMU folder to a text file elsewhere: the indexer's reason quotes that file's header."""
+    imu = tmp_path / "imu"
+    imu.mkdir()
+    secret = tmp_path / "secret.txt"  # beside the indexed folder, not in it
+    secret.write_text("TOP SECRET password=hunter2\n1,2,3\n", encoding="utf-8")
+    (imu / "leak.csv").symlink_to(secret)
+    (imu / "inside.csv").write_text("alpha,beta\n1,2\n", encoding="utf-8")  # fails too, but is served
+    with xsearch.open(tmp_path / "store", model=tiny_model) as store:
+        store.index([imu], modality="imu")
+        reasons = {e["path"]: e["reason"] for e in store.status()["errors"]}
+        assert "hunter2" in reasons[str(imu / "leak.csv")]  # the local CLI and Python keep the detail
+        leak = store.storage.item_by_path(str(imu / "leak.csv"))
+        inside = store.storage.item_by_path(str(imu / "inside.csv"))
+        with BackgroundServer(store) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+            status = c.get("/api/status")
+            assert "hunter2" not in status.text
+            errors = {e["path"]: e["reason"] for e in status.json()["errors"]}
+            assert "not shown" in errors[str(imu / "leak.csv")]
+            assert errors[str(imu / "inside.csv")] == reasons[str(imu / "inside.csv")]  # a served file keeps it
+            item = c.get(f"/api/items/{leak.id}")
+            assert "hunter2" not in item.text
+            data = item.json()
+            assert data["status"] == "failed" and "not shown" in data["error"]
+            assert data["size"] is None and data["mtime_ns"] is None and data["facts"] == {}
+            served = c.get(f"/api/items/{inside.id}").json()
+            assert served["error"] == inside.error and served["size"] == (imu / "inside.csv").stat().st_size
+
+
+@pytest.mark.parametrize("body", [
+    b'{"text": "dog \\ud800"}', b'{"text": "dog@\\ud800"}', b'{"like": "/data/\\udc80.png"}',
+    b'{"text": "dog", "filters": {"folder": "/data/\\ud800"}}', b'{"text": "dog", "filters": {"glob": "*\\ud800"}}',
+    b'{"text": "dog", "\\ud800": 1}',
+])
+def test_lone_surrogates_get_a_json_400_and_the_connection_lives_on(client, body):
+    r = client.post("/api/search", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "surrogate" in r.json()["detail"], r.text
+    assert client.post("/api/search", json={"text": "dog", "k": 1}).status_code == 200  # same keep-alive client
+
+
+def test_only_json_and_multipart_searches_from_the_page_own_origin(client, server):
+    for content, ctype in ((b'{"text": "dog"}', "text/plain"), (b"text=dog", "application/x-www-form-urlencoded"),
+                           (b'{"text": "dog"}', None)):
+        r = client.post("/api/search", content=content, headers={"content-type": ctype} if ctype else {})
+        assert r.status_code == 415 and "application/json" in r.json()["detail"], (ctype, r.text)
+    own = f"http://127.0.0.1:{server.port}"
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://evil.example"}, {"Origin": "null"}):
+        r = client.post("/api/search", json={"text": "dog"}, headers=headers)
+        assert r.status_code == 403 and "cross-site" in r.json()["detail"], (headers, r.text)
+    for headers in ({"Sec-Fetch-Site": "same-origin", "Origin": own}, {"Origin": own}):
+        assert client.post("/api/search", json={"text": "dog", "k": 1}, headers=headers).status_code == 200, headers
+    for path in ("/", "/api/status", "/media/999999", "/static/app.js"):
+        h = client.get(path).headers
+        assert h["x-content-type-options"] == "nosniff", path
+        assert h["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in h["content-security-policy"], path
+
+
+def test_trailing_slash_redirects_are_relative_and_never_carry_the_token(corpus, client):
+    token = "0123456789abcdef-token"
+    i = item_id(corpus["store"], corpus["files"]["image"][0])
+    with BackgroundServer(corpus["store"], token=token) as srv:  # with a token, any Host header is answered
+        r = raw_request(srv.port, "GET", f"/media/{i}/?token={token}&x=1", headers={"Host": "evil.example"})
+        assert r.status == 307 and r.getheader("location") == f"/media/{i}?x=1", (r.status, r.getheader("location"))
+        r = raw_request(srv.port, "GET", f"//evil.example/?token={token}")
+        assert r.status == 404 and r.getheader("location") is None
+    r = client.get("/docs/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "/docs"
+    assert client.get("/docs/", follow_redirects=True).status_code == 200
+
+
+@pytest.mark.parametrize("token", [" ", "\t\n", "x", "s3cret", "  0123456789abcdef  "])
+def test_weak_tokens_are_refused(corpus, token):
+    for host in ("0.0.0.0", "127.0.0.1"):
+        with pytest.raises(UsageError, match="token"):
+            check_bind(host, token)
+    with pytest.raises(UsageError, match="token"):
+        create_app(corpus["store"], token=token)  # mounted elsewhere, the same rule
+    env = {k: v for k, v in os.environ.items() if k != "XSEARCH_TOKEN"}
+    res = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0", "--token", token,
+                                       "--store", str(corpus["root"] / "store")], env=env)
+    assert res.exit_code == 2 and "token" in res.stderr, res.output
+
+
+def test_any_loopback_address_is_served_without_a_token(corpus):
+    with BackgroundServer(corpus["store"], host="127.0.0.2") as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert srv.url.startswith("http://127.0.0.2:")
+        assert c.get("/api/status").status_code == 200
+        assert c.post("/api/search", json={"text": "dog", "k": 1}).status_code == 200
+        assert c.get("/api/status", headers={"Host": "attacker.example"}).status_code == 400  # still no rebinding
+
+
+def test_imu_preview_draws_the_recording_on_its_own_time_axis(tmp_path, tiny_model):
+    """7.5 s of a rising ramp: the model's windows (0-5 s and 2.5-7.5 s) end to end would fall back midway."""
+    imu = tmp_path / "imu"
+    imu.mkdir()
+    t = np.arange(750) / 100.0
+    rows = np.stack([t, t, np.zeros_like(t), np.zeros_like(t), np.zeros_like(t), np.zeros_like(t), t], axis=1)
+    np.savetxt(imu / "ramp.csv", rows, delimiter=",", header="timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z",
+               comments="", fmt="%.4f")
+    with xsearch.open(tmp_path / "store", model=tiny_model) as store:
+        store.index([imu])
+        i = item_id(store, imu / "ramp.csv")
+        with BackgroundServer(store) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+            r = c.get(f"/api/items/{i}/preview.png")
+    assert r.status_code == 200, r.text
+    rgb = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+    top = rgb[: rgb.shape[0] // 2]  # the accelerometer panel; x is drawn in red
+    red = np.all(top == (220, 50, 47), axis=-1)
+    cols = [x for x in range(red.shape[1]) if red[:, x].any()]
+    rows_ = [float(np.flatnonzero(red[:, x]).mean()) for x in cols]
+    assert len(cols) > 200  # a trace across the panel
+    # a rising value is drawn higher (a smaller row) at every later column: no fall back in the middle
+    assert max(b - a for a, b in zip(rows_, rows_[1:])) <= 2, rows_
+
+
+def test_a_truncated_multipart_body_is_a_400_that_says_so(server):
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    whole = b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\ndog\r\n' \
+            b'--b\r\nContent-Disposition: form-data; name="k"\r\n\r\n3\r\n--b--\r\n'
+    assert raw_request(server.port, "POST", "/api/search", whole, headers).status == 200
+    for cut in (whole[: whole.index(b"--b--")], whole[: whole.index(b"3\r\n")], whole[:20], b""):
+        r = raw_request(server.port, "POST", "/api/search", cut, headers)
+        assert r.status == 400 and b"truncated" in r.body, (cut, r.status, r.body)
+
+
+def test_an_infinite_upload_limit_is_a_usage_error(corpus):
+    env = {k: v for k, v in os.environ.items() if k != "XSEARCH_TOKEN"}
+    for value in ("inf", "nan", "1e300"):
+        res = CliRunner().invoke(cli_app, ["serve", "--max-upload-mb", value, "--store", str(corpus["root"] / "store")],
+                                 env=env)
+        assert res.exit_code == 2 and "--max-upload-mb" in res.stderr, (value, res.exit_code, res.output)
+
+
+def test_a_client_that_goes_away_mid_upload_is_one_log_line(corpus):
+    records: list[logging.LogRecord] = []
+    collect = logging.Handler()
+    collect.emit = records.append
+    logger = logging.getLogger("uvicorn.error")
+    with BackgroundServer(corpus["store"], log_level="info") as srv:
+        logger.addHandler(collect)
+        try:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+                s.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+                          b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\nContent-Disposition: form-data;")
+            deadline = time.monotonic() + 60
+            while not any("disconnect" in r.getMessage() or r.exc_info for r in records) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            logger.removeHandler(collect)
+    assert [r for r in records if r.exc_info or r.levelno >= logging.ERROR] == []
+    assert len([r for r in records if "disconnected" in r.getMessage()]) == 1
+
+
+def test_smaller_request_errors_are_plain_json(client, corpus):
+    path = corpus["files"]["image"][0]
+    r = client.get(f"/media/{item_id(corpus['store'], path)}", headers={"Range": "bytes=999999999-"})
+    assert r.status_code == 416 and "beyond" in r.json()["detail"]
+    assert r.headers["content-range"] == f"bytes */{path.stat().st_size}"
+    r = post_form(client, {"text": "dog", "audio_weight": "2"})
+    assert r.status_code == 422 and "no audio file" in r.json()["detail"], r.text
+    r = client.post("/api/search", json={"vector": [[1.0, 2.0], [1.0]]})
+    assert r.status_code == 422 and "same length" in r.json()["detail"] and "sequence" not in r.json()["detail"]
+    dim = corpus["store"].storage.dim
+    r = client.post("/api/search", json={"vector": [1.0, 2.0, 3.0], "target": "all"})
+    assert r.status_code == 422 and f"store's embeddings have {dim}" in r.json()["detail"], r.text
+    assert "index" not in r.json()["detail"]
+
+
+def test_a_text_file_is_a_query_input_like_any_other(client, corpus):
+    note = corpus["files"]["text"][0]
+    with open(note, "rb") as f:
+        r = client.post("/api/search", data={"target": "text", "k": "3", "text_weight": "2"},
+                        files={"text": (note.name, f)})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["query"]["inputs"] == [{"kind": "text", "value": note.name, "weight": 2.0}]
+    assert data["results"][0]["id"] == item_id(corpus["store"], note)
+    assert data["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)  # read as the indexer read it
+    r = client.post("/api/search", files={"text": ("bin.txt", b"\x00\x01\x02binary")})
+    assert r.status_code == 400 and "bin.txt" in r.json()["detail"] and "xsearch-upload-" not in r.json()["detail"]
+    assert "text" in client.get("/api/status").json()["server"]["upload_modalities"]

@@ -276,7 +276,7 @@ def test_reader_threads_while_a_writer_adds_batches(tmp_path, flat_max, pq_min_d
 
 @pytest.mark.parametrize("version", [1, SCHEMA_VERSION - 1])
 def test_migrates_a_store_from_an_older_schema_version(tmp_path, version):
-    assert SCHEMA_VERSION >= 3
+    assert SCHEMA_VERSION >= 5
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'xsearch.db'}")
     with engine.begin() as conn:  # build a store as that schema version left it
         migrations.migrate(conn, where="test", read_only=False, upto=version)
@@ -294,13 +294,41 @@ def test_migrates_a_store_from_an_older_schema_version(tmp_path, version):
         assert old.facts == {"w": 1} and old.root is None
         if version < 2:
             assert old.indexed_at is not None
-        assert s.counts() == {"audio": 2, "image": 1}  # v3: the per-modality counters start from the items
+        assert s.counts() == {"audio": 2, "image": 1}  # v5: the per-modality counters start from the items
         s.add_root("/new")
         assert s.roots() == {"/new": None}
     with sqlite3.connect(tmp_path / "xsearch.db") as conn:
         conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="newer than this xsearch"):
         Storage(tmp_path)
+
+
+def test_a_version_2_store_gains_the_reembedding_table_and_keeps_its_vectors(tmp_path):
+    with Storage(tmp_path) as s:
+        s.put([rec("/a", unit(1, seed=3)[0])])
+    with sqlite3.connect(tmp_path / "xsearch.db") as conn:  # as schema version 2 left it
+        for table in ("pending_vectors", "tags", "tagged", "label_vectors", "label_sets"):  # v3 and v4's tables
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("DELETE FROM meta WHERE key LIKE 'count:%'")  # v5's counters
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with Storage(tmp_path) as s:
+        assert int(s.get_meta("schema_version")) == SCHEMA_VERSION >= 3
+        assert s.reembed_target() is None and s.reembed_todo() == s.items() and s.counts() == {"image": 1}
+        np.testing.assert_allclose(s.get_vectors([s.item_by_path("/a").id])[0], unit(1, seed=3)[0], atol=1e-3)
+
+
+def test_an_item_changed_during_a_reembedding_is_embedded_again(tmp_path):
+    with Storage(tmp_path) as s:
+        x = unit(3, seed=4)
+        ids = s.put([rec("/a", x[0]), rec("/b", x[1])])
+        s.start_reembed("new", "new")
+        s.put_pending(ids, unit(2, seed=5, dim=8), [None, None])
+        assert s.reembed_todo() == [] and s.reembed_done() == 2
+        s.put([rec("/a", x[2])])  # re-indexed (the file changed): its pending vector is of the old content
+        assert [it.path for it in s.reembed_todo()] == ["/a"] and s.reembed_done() == 1
+        s.remove([ids[1]])
+        assert s.reembed_done() == 0
+        assert s.start_reembed("new", "new") is True and s.start_reembed("other", "other") is False
 
 
 def test_check_finds_broken_index_files_and_rebuild_fixes_them(tmp_path):
@@ -441,3 +469,24 @@ def test_a_replaced_store_never_gets_the_old_ones_indexes(tmp_path):
     assert (tmp_path / "s" / "index" / "image.faiss").read_bytes() == before
     with Storage(tmp_path / "s") as new:
         assert new.check() == [] and len(new.items()) == 2
+
+
+def test_damaged_vectors_finds_every_row_that_is_not_a_unit_vector(tmp_path):
+    import warnings
+
+    with Storage(tmp_path / "s") as s:
+        ids = s.put([rec(f"/r/{i}", v) for i, v in enumerate(unit(6, seed=3))])
+        assert s.damaged_vectors() == []
+        row = DIM * np.dtype(vec.DTYPES[s.vector_dtype]).itemsize
+    con = sqlite3.connect(tmp_path / "s" / "xsearch.db")
+    damage = {ids[0]: b"\x00" * row,  # zeroed
+              ids[2]: b"\xff" * row,  # NaN bits
+              ids[3]: b"\x7b" * row,  # large values: far from unit length
+              ids[5]: b"\x01" * (row - 2)}  # a row cut short
+    for i, blob in damage.items():
+        con.execute("UPDATE vectors SET data = ? WHERE item_id = ?", (blob, i))
+    con.commit()
+    con.close()
+    with Storage(tmp_path / "s", read_only=True) as s, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sorted(it.id for it in s.damaged_vectors()) == sorted(damage)

@@ -87,6 +87,7 @@ def test_huge_offline_says_where_to_put_the_file(home: Path, monkeypatch: pytest
         weights.load_imagebind(modalities=["text"])
     assert str(home / "models" / "imagebind_huge.pth") in str(e.value)
     assert weights.HUGE_URL in str(e.value)
+    assert "CC BY-NC-SA 4.0" in str(e.value) and "OpenCLIP" in str(e.value)  # the licence, and the alternative
     assert weights.model_id() == "imagebind_huge"
     assert weights.cached_files() == {}
 
@@ -371,3 +372,15 @@ def test_offline_never_connects(server, tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ModelError, match=re.escape(str(dest))):
         weights.download(server.url, dest, progress=False)
     assert server.seen == []
+
+
+def test_the_first_download_says_the_weights_licence(server, home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(weights, "HUGE_URL", server.url)  # the local server stands in for the official host
+    monkeypatch.setattr(weights, "HUGE_MIN_SIZE", len(server.payload))
+    ckpt = weights._ensure_checkpoint(weights._spec("imagebind_huge"), progress=False)
+    assert ckpt.read_bytes() == server.payload
+    said = capsys.readouterr().err
+    assert "non-commercial" in said and "CC BY-NC-SA 4.0" in said and "OpenCLIP" in said
+    weights._ensure_checkpoint(weights._spec("imagebind_huge"), progress=False)  # downloaded: said only once
+    assert capsys.readouterr().err == ""

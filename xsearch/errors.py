@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ")
 
 
 class XSearchError(Exception):
@@ -13,8 +16,9 @@ class MediaError(XSearchError):
 
     def __init__(self, path: str | os.PathLike | None, reason: str):
         self.path = None if path is None else os.fsdecode(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+        # A decoder's OSError text carries its raw error code ("[Errno 1094995529] Invalid data..."): noise.
+        self.reason = _ERRNO.sub("", reason)
+        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
 
 
 class ModelError(XSearchError):

@@ -49,6 +49,46 @@ def fs_path(stored: str) -> str:
     return os.fsdecode(bytes(out))
 
 
+# ls -b's escapes for the control characters that have one; the others (ESC, DEL, C1 codes) as octal bytes.
+_NAMED = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"}
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape_control(m: re.Match) -> str:
+    c = m.group(0)
+    return _NAMED.get(c) or "".join(f"\\{b:03o}" for b in c.encode("utf-8"))
+
+
+def shown(text: str) -> str:
+    """A stored path (or a line holding one) as a terminal may show it: control characters escaped as
+    ``ls -b`` does (``\\n``, ``\\033``), so that a name can neither split a line nor drive the terminal
+    (colours, clearing the screen). Stored names double their backslashes, so this stays unambiguous."""
+    return _CONTROL.sub(_escape_control, text)
+
+
 def stored_abspath(path: str | bytes | os.PathLike) -> str:
     """A user-given path (str, bytes or PathLike) as the store records it: absolute, escaped."""
     return store_path(os.path.abspath(os.fsdecode(path)))
+
+
+def name_keys(name: str | bytes | os.PathLike) -> list[str]:
+    """The stored spellings a user's name may have, in the order tried: as shown (a stored name, such
+    as ``add_vectors``'s or one copied from the output: ``caf\\xe9.png``), as the name on disk, then
+    each as a file path. ``like`` and ``remove`` agree on what a name means through this."""
+    raw = os.fsdecode(name)
+    try:
+        raw.encode("utf-8")
+        shown_keys: tuple[str, ...] = (raw, os.path.abspath(raw))
+    except UnicodeEncodeError:  # bytes that are not UTF-8: only ever a name on disk
+        shown_keys = ()
+    return list(dict.fromkeys((*shown_keys[:1], store_path(raw), *shown_keys[1:], stored_abspath(raw))))
+
+
+def byo_name(name: str | bytes | os.PathLike) -> str:
+    """How ``add_vectors`` stores a name: a file path (one that exists, or is absolute, or starts with
+    ``./`` or ``../``) as ``index`` stores paths, so both name one item; any other name (``byo/a``,
+    ``s3://bucket/key``) as given (escaped as every stored name is)."""
+    raw = os.fsdecode(name)
+    if os.path.lexists(raw) or os.path.isabs(raw) or raw.startswith(("./", "../")) or raw in (".", ".."):
+        return stored_abspath(raw)
+    return store_path(raw)

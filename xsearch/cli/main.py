@@ -1,16 +1,19 @@
 """The ``xsearch`` command: a thin skin over :mod:`xsearch.api`.
 
 Exit status: 0 success; 1 when some files failed to index or an operation failed;
-2 for usage errors (bad options, missing files, unknown modality).
+2 for usage errors (bad options, missing files, unknown modality) and a model that cannot be loaded.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 from rich.console import Console
@@ -18,7 +21,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from xsearch.errors import UsageError, XSearchError
+from xsearch.errors import ModelError, StoreError, UsageError, XSearchError
+from xsearch.pathnames import shown
 
 app = typer.Typer(
     add_completion=False,
@@ -46,8 +50,9 @@ def _emit_json(obj) -> None:
 
 
 def _one_line(text: object) -> str:
-    """Error text on one line: newlines (in a decoder's message, even in a file name) shown as ls -b does."""
-    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+    """Text with file names in it, on one line and inert: control characters (a newline, a colour or
+    clear-screen escape in a name or a decoder's message) shown as ls -b does."""
+    return shown(str(text))
 
 
 def _error(message: object) -> None:
@@ -59,7 +64,7 @@ def _errors() -> Iterator[None]:
     """XSearchErrors become one line on stderr and an exit status, never a traceback."""
     try:
         yield
-    except UsageError as e:
+    except (UsageError, ModelError) as e:  # nothing was done: fix the command, or the model, and run it again
         _error(e)
         raise typer.Exit(2)
     except XSearchError as e:
@@ -68,6 +73,43 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130)
+
+
+def _exit_now(signum: int, frame: object, *, say: str = "") -> None:
+    """Leave at once with status 130: flush what was printed, run nothing more (no atexit callbacks)."""
+    try:
+        if say:
+            sys.stderr.write(say + "\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
+@contextmanager
+def _reader_interrupts() -> Iterator[None]:
+    """Ctrl-C ends a reader (query, status, doctor) at once: it holds nothing to save. A KeyboardInterrupt
+    raised instead may surface inside native code called back into Python (torch), which aborts the whole
+    process ("terminate called after throwing ...", exit 134), or in an atexit callback (noise)."""
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: _exit_now(signum, frame, say="interrupted"))
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _reader(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that only reads: run under _reader_interrupts."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        with _reader_interrupts():
+            command(*args, **kwargs)
+
+    return run
 
 
 def _print_table(table: Table) -> None:
@@ -146,6 +188,46 @@ def index(
 
 
 @app.command()
+def reembed(
+    model: Optional[str] = typer.Option(None, "--model", help="The model to embed every item with: imagebind_huge, or a folder with config.json + checkpoint.pth (default: that of an interrupted reembed, to continue it)."),
+    store: Optional[Path] = StoreOpt,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Files embedded together (default: 8 on the CPU, 64 on a GPU)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr (with --json: JSON lines)."),
+    wait: bool = typer.Option(False, "--wait", help="If another xsearch command is writing to the store, wait for it instead of exiting."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Embed every indexed item again with another model; the store switches to it when all are done.
+
+    Queries keep using the current vectors meanwhile. Interrupted or killed, run it again to continue.
+    """
+    from xsearch.indexer.progress import JsonLinesProgress, RichProgress
+
+    with _errors():
+        with _open(store, create=False, device=device) as s:
+            bar = None
+            if progress and as_json:
+                bar = JsonLinesProgress()
+            elif progress and sys.stderr.isatty():
+                bar = RichProgress()
+            report = s.reembed(model, progress=bar, batch_size=batch_size, workers=workers, wait=wait,
+                               on_wait=lambda line: err.print(_one_line(line)))
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        state = "switched to" if report.switched else "interrupted; run again to continue re-embedding with"
+        out.print(_one_line(f"re-embedded {report.reembedded} (+{report.resumed} earlier), failed {report.failed} "
+                            f"in {report.seconds:.1f}s; {state} {report.model}"))
+        for e in report.errors[:20]:
+            err.print(_one_line(f"  failed: {e['path']}: {e['reason']}"))
+    if report.interrupted:
+        raise typer.Exit(130)
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@app.command()
+@_reader
 def query(
     text: List[str] = typer.Option(None, "--text", help="Text input, optionally TEXT@WEIGHT. Repeatable."),
     image: List[str] = typer.Option(None, "--image", help="Image file, optionally PATH@WEIGHT. Repeatable."),
@@ -158,8 +240,9 @@ def query(
     target: List[str] = typer.Option(["all"], "--target", "-t", help="Modalities to search (repeat or comma-separate), or all."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of results."),
     folder: Optional[Path] = typer.Option(None, "--folder", help="Only results under this folder."),
-    glob: Optional[str] = typer.Option(None, "--glob", help="Only results whose path matches this glob, e.g. '*/2024/*.jpg'."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="Only results matching this glob: without a '/' the file name ('*.jpg'), with one the whole path, where '*' also matches '/' ('*/2024/*.jpg': any .jpg below a folder 2024)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with at least this cosine similarity."),
+    tag: List[str] = typer.Option(None, "--tag", help="Only items tagged with this label (xsearch tag). Repeatable: all must hold."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -169,6 +252,7 @@ def query(
 ) -> None:
     """Search by any mix of inputs; weights as VALUE@WEIGHT (negative subtracts)."""
     from xsearch.query import QuerySpec, as_inputs, parse_targets
+    from xsearch.query.tagged import parse_tags
 
     with _errors():
         given = dict(text=text, image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu, like=like)
@@ -177,11 +261,14 @@ def query(
             raise UsageError("give at least one query input (--text, --image, --audio, --video, --depth, --thermal, --imu, --like)")
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=os.fspath(folder) if folder else None,
-            glob=glob, min_score=min_score,
+            glob=glob, min_score=min_score, tags=parse_tags(tag),
         )
         spec.validate()
         # Readers never write to the store (a concurrent index run owns it); see xsearch.storage.lock.
-        with _open(store, model, device=device, create=False, read_only=True) as s:
+        from xsearch.engine.preprocess.noise import quiet
+
+        # A query file's decoder output stays off the terminal (libmpg123, libtiff write to fd 2 directly).
+        with _open(store, model, device=device, create=False, read_only=True) as s, quiet():
             hits = s.query(spec, validated=True)
     if as_json:
         _emit_json({"query": spec.describe(), "results": [h.to_dict() for h in hits]})
@@ -193,14 +280,14 @@ def query(
         sys.stdout.buffer.flush()
     elif paths_only:
         for h in hits:
-            sys.stdout.write(h.path + "\n")
+            sys.stdout.write(shown(h.path) + "\n")
     else:
         table = Table(show_edge=False)
         for col, just in (("#", "right"), ("score", "right"), ("modality", "left")):
             table.add_column(col, justify=just)
         table.add_column("path", overflow="fold")  # a path is never cut short with an ellipsis
         for h in hits:
-            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(h.path))
+            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(shown(h.path)))
         if hits:
             _print_table(table)
         else:
@@ -208,22 +295,28 @@ def query(
 
 
 @app.command()
+@_reader
 def status(
     store: Optional[Path] = StoreOpt,
     errors: bool = typer.Option(False, "--errors", help="List every file that failed, with its reason."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="With --errors: also what the decoders said about "
+                                 "each file (warnings kept from indexing), for indexed files too."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Counts per modality, indexes, model, store size, failed files."""
     with _errors():
         with _open(store, create=False, read_only=True) as s:
-            st = s.status()
+            st = s.status(verbose=verbose)
     if as_json:
         _emit_json(st)
         return
-    out.print(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)")
-    out.print(f"model  {st['model']}")
+    out.print(_one_line(f"store  {st['store']}  ({st['store_bytes'] / 1e6:.1f} MB)"))
+    out.print(_one_line(f"model  {st['model']}"))
+    if st["reembed"]:
+        r = st["reembed"]
+        out.print(_one_line(f"reembed  to {r['model']}: {r['done']} of {r['total']} done; `xsearch reembed` continues it"))
     for r in st["roots"]:
-        out.print(f"folder {r['path']}" + (f"  (as {r['modality']})" if r["modality"] else "")
+        out.print(_one_line(f"folder {r['path']}") + (f"  (as {r['modality']})" if r["modality"] else "")
                   + ("  (missing: not on disk)" if r["missing"] else ""))
     table = Table(show_edge=False)
     for col in ("modality", "items", "index", "vectors"):
@@ -235,10 +328,20 @@ def status(
             index += f" + re-rank cache ({info['rerank_cache_bytes'] / 1e6:.0f} MB)"
         table.add_row(m, str(n), index, str(info.get("ntotal", "-")))
     _print_table(table)
+    for ls in st.get("label_sets", []):
+        counts = ", ".join(f"{lab} {n}" for lab, n in ls["counts"].items())
+        out.print(_one_line(f"labels {ls['name']}: {len(ls['labels'])} labels, {ls['items']} items tagged ({counts})"))
     n_err = len(st["errors"])
     if errors:
         for e in st["errors"]:
             out.print(_one_line(f"{e['path']}: {e['reason']}"))
+            for line in e.get("warnings", []):
+                out.print(_one_line(f"    decoder said: {line}"))
+        for w in st.get("warnings", []):
+            if w["status"] != "failed":
+                out.print(_one_line(f"{w['path']}: indexed, with decoder warnings"))
+                for line in w["warnings"]:
+                    out.print(_one_line(f"    decoder said: {line}"))
     elif n_err:
         out.print(f"{n_err} file(s) failed; see xsearch status --errors")
 
@@ -246,22 +349,35 @@ def status(
 @app.command()
 def doctor(
     store: Optional[Path] = StoreOpt,
-    repair: bool = typer.Option(False, "--repair", help="Rebuild the FAISS indexes from the stored vectors."),
+    repair: bool = typer.Option(False, "--repair", help="Rebuild the FAISS indexes from the stored vectors, and embed the files of damaged vectors again."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Check the store (database integrity, index vs database, vanished files); exit 1 if problems remain."""
-    with _errors():
-        with _open(store, create=False, read_only=not repair) as s:
-            report = s.doctor(repair=repair)
+    """Check the store (database integrity, index vs database, stored vectors, vanished files); exit 1 if problems remain."""
+    with _reader_interrupts() if not repair else contextlib.nullcontext(), _errors():
+        try:
+            s = _open(store, create=False, read_only=not repair)
+        except StoreError as e:
+            if not as_json:
+                raise
+            # --json promises JSON: a store that cannot even be opened is a finding too.
+            report = {"ok": False, "problems": [{"kind": "database", "detail": str(e)}], "repaired": False}
+        else:
+            with s:
+                report = s.doctor(repair=repair)
     if as_json:
         _emit_json(report)
     else:
+        kinds = {p["kind"] for p in report["problems"]}
         for p in report["problems"]:
             out.print(_one_line(f"[{p['kind']}] {p['detail']}"))
         if report["repaired"]:
-            out.print("indexes rebuilt from the database")
-        fixable = not repair and any(p["kind"] == "store" for p in report["problems"])
-        out.print("ok" if report["ok"] else f"{len(report['problems'])} problem(s)" + ("; --repair rebuilds the indexes" if fixable else ""))
+            out.print("repaired: indexes rebuilt, damaged vectors embedded again")
+        hint = ""
+        if "busy" in kinds:
+            hint = "; an index run is writing: run `xsearch doctor` again when it has finished"
+        elif not repair and kinds & {"store", "vector"}:
+            hint = "; --repair rebuilds the indexes and embeds damaged vectors' files again"
+        out.print("ok" if report["ok"] else f"{len(report['problems'])} problem(s){hint}")
     raise typer.Exit(0 if report["ok"] else 1)
 
 
@@ -277,11 +393,119 @@ def remove(
     """
     with _errors():
         with _open(store, create=False) as s:
-            n = s.remove([os.fspath(p) for p in paths])
+            n = s.remove([os.fspath(p) for p in paths], missing_ok=False)
     if as_json:
         _emit_json({"removed": n})
     else:
         out.print(f"removed {n}")
+
+
+def _labels(labels: Optional[str], labels_file: Optional[Path]) -> list[str]:
+    from xsearch.query.classify import parse_labels, read_labels_file
+
+    if (labels is None) == (labels_file is None):
+        raise UsageError('give the labels with --labels "dog,car,bird" or --labels-file FILE (one label a line)')
+    return parse_labels(labels) if labels is not None else read_labels_file(labels_file)
+
+
+LabelsOpt = typer.Option(None, "--labels", help='Comma-separated labels, e.g. "dog,car,bird".')
+LabelsFileOpt = typer.Option(None, "--labels-file", help="A UTF-8 file with one label a line ('#' lines skipped).")
+TemplateOpt = typer.Option(None, "--template", help='Prompt template replacing the per-modality ones, "{}" for the label, e.g. "a photo of a {}.". Repeatable: the templates\' text vectors are averaged.')
+
+
+@app.command()
+def classify(
+    files: List[Path] = typer.Argument(..., help="Files to classify (any modality)."),
+    labels: Optional[str] = LabelsOpt,
+    labels_file: Optional[Path] = LabelsFileOpt,
+    template: List[str] = TemplateOpt,
+    modality: Optional[str] = typer.Option(None, "--modality", help="Read every file as this modality (e.g. depth, thermal, imu)."),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the most probable labels."),
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Zero-shot classification: each file's labels ranked with their probabilities."""
+    with _errors():
+        names = _labels(labels, labels_file)
+        from xsearch.api import default_store_path
+        from xsearch.storage.db import db_path
+
+        exists = db_path(Path(store if store is not None else default_store_path())).exists()
+        # An existing store is only read (its model is the default); none is needed, so none is created for it.
+        with _open(store, model, device=device, create=not exists, read_only=exists) as s:
+            results = s.classify([os.fspath(f) for f in files], names, templates=template or None, modality=modality)
+    if as_json:
+        _emit_json({"labels": names, "results": [r.to_dict() for r in results]})
+        return
+    for r in results:
+        out.print(Text(f"{r.path} ({r.modality})"))
+        for lab, p in r.labels[:top]:
+            out.print(Text(f"  {p:8.4f}  {lab}"))
+
+
+@app.command()
+def tag(
+    labels: Optional[str] = LabelsOpt,
+    labels_file: Optional[Path] = LabelsFileOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="The label set's name (default: the labels file's name without extension, else 'labels')."),
+    target: List[str] = typer.Option(["all"], "--target", "-t", help="Modalities to tag (repeat or comma-separate), or all."),
+    top: int = typer.Option(3, "--top", min=1, help="Most probable labels kept per item."),
+    min_prob: Optional[float] = typer.Option(None, "--min-prob", min=0.0, max=1.0, help="Keep no label under this probability."),
+    template: List[str] = TemplateOpt,
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    wait: bool = typer.Option(False, "--wait", help="If another xsearch run is writing to the store, wait for it."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Tag the indexed items with their most probable labels (stored; later index runs tag new files too)."""
+    with _errors():
+        names = _labels(labels, labels_file)
+        set_name = name or (labels_file.stem if labels_file is not None else "labels")
+        with _open(store, model, device=device, create=False) as s:
+            report = s.tag(names, name=set_name, target=target, top=top, min_prob=min_prob,
+                           templates=template or None, wait=wait)
+            sets = {ls["name"]: ls for ls in s.label_sets()}
+    if as_json:
+        _emit_json({**report, "counts": sets[set_name]["counts"], "items": sets[set_name]["items"]})
+        return
+    out.print(_one_line(f"label set {set_name}: tagged {report['tagged']} items "
+                        f"({sets[set_name]['items']} carry its tags)"))
+    for lab, n in sets[set_name]["counts"].items():
+        out.print(_one_line(f"  {n:6d}  {lab}"))
+
+
+@app.command()
+def dups(
+    target: List[str] = typer.Option(["all"], "--target", "-t", help="Modalities to look in (repeat or comma-separate), or all."),
+    threshold: float = typer.Option(0.95, "--threshold", min=-1.0, max=1.0, help="Cosine at or above which two items count as duplicates."),
+    cross: bool = typer.Option(False, "--cross", help="Also pair videos' sound tracks with audio files and videos with stills."),
+    cross_threshold: Optional[float] = typer.Option(None, "--cross-threshold", min=-1.0, max=1.0, help="Cosine for --cross pairs (default: --threshold)."),
+    store: Optional[Path] = StoreOpt,
+    model: Optional[str] = ModelOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = JsonOpt,
+    paths_only: bool = typer.Option(False, "--paths", help="Print the members of each group but its keeper, one path a line: the candidates to review."),
+) -> None:
+    """List groups of near-duplicate items, each with a suggested keeper. Deletes nothing."""
+    with _errors():
+        with _open(store, model, device=device, create=False, read_only=True) as s:
+            groups = s.duplicates(target=target, threshold=threshold, cross=cross, cross_threshold=cross_threshold)
+    if as_json:
+        _emit_json({"threshold": threshold, "groups": [g.to_dict() for g in groups]})
+    elif paths_only:
+        for g in groups:
+            for m in g.members[1:]:
+                sys.stdout.write(m.path + "\n")
+    elif not groups:
+        out.print("no duplicates")
+    else:
+        for g in groups:
+            out.print(_one_line(f"{g.kind} ({len(g.members)} items)"))
+            for m in g.members:
+                out.print(Text(_one_line(f"  {'keep' if m.keeper else f'{m.score:.4f}':>6}  {m.modality:8s} {m.path}")))
 
 
 @app.command()
@@ -291,7 +515,7 @@ def serve(
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
     token: Optional[str] = typer.Option(None, "--token", envvar="XSEARCH_TOKEN", help="Require this token on every request (Bearer header or ?token=)."),
-    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", min=0.001, help="Largest request body accepted (MB); larger ones get 413."),
+    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", min=0.001, max=1_000_000, help="Largest request body accepted (MB); larger ones get 413."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Serve the web page and HTTP API (docs at /docs) over a store."""
@@ -304,7 +528,13 @@ def serve(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # The command's work is done and said. More Ctrl-C while the interpreter shuts down (joining worker
+        # threads, atexit callbacks) would print "Exception ignored in atexit callback" or kill the process
+        # by the signal: leave quietly with 130 instead.
+        signal.signal(signal.SIGINT, _exit_now)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xsearch.engine.imagebind import ImageBindConfig, ImageBindModel
+from xsearch.engine.imagebind import _MAX_LOGIT_SCALE, ImageBindConfig, ImageBindModel
 from xsearch.engine.modalities import IMAGEBIND_MODALITIES, MODALITIES, tower
 from xsearch.errors import ModelError, UsageError
 
@@ -297,17 +297,18 @@ class BatchEmbedder:
     def _check_modality(self, modality: str) -> str:
         return canonical_modality(modality)
 
-    def embed(self, modality: str, items: Sequence[str | os.PathLike], batch_size: int = 8) -> np.ndarray:
+    def embed(self, modality: str, items: Sequence[str | os.PathLike], batch_size: int = 8, *,
+              scaled: bool = False) -> np.ndarray:
         """Embed items: file paths, except for ``"text"`` where a ``str`` is the text itself
         (an ``os.PathLike`` such as ``pathlib.Path`` is read as a text file).
 
-        Returns float32 ``(len(items), dim)``, rows L2-normalised. Raises MediaError
-        naming the first file that cannot be decoded.
+        Returns float32 ``(len(items), dim)``, rows L2-normalised (``scaled``: the model's own outputs,
+        see ``embed_tensors``). Raises MediaError naming the first file that cannot be decoded.
         """
         m = self._check_modality(modality)
         items = _as_list(items, m)
         if m != "text":
-            return self.embed_paths(m, items, batch_size)
+            return self.embed_paths(m, items, batch_size, scaled=scaled)
         for it in items:
             if not isinstance(it, (str, os.PathLike)):
                 raise UsageError(f"text items must be str (texts) or paths, not {type(it).__name__}")
@@ -317,22 +318,33 @@ class BatchEmbedder:
             tokens = iter(self.tokenize(texts)) if texts else iter(())
             return torch.stack([next(tokens) if isinstance(it, str) else self.load("text", it) for it in chunk])
 
-        return self._run_batches(m, items, batch_size, text_batch)
+        return self._run_batches(m, items, batch_size, text_batch, scaled)
 
-    def embed_paths(self, modality: str, paths: Sequence[str | os.PathLike], batch_size: int = 8) -> np.ndarray:
+    def embed_paths(self, modality: str, paths: Sequence[str | os.PathLike], batch_size: int = 8, *,
+                    scaled: bool = False) -> np.ndarray:
         """Embed files of any modality (text files too): ``(len(paths), dim)`` float32, unit rows."""
         m = self._check_modality(modality)
         paths = [_as_path(p, m) for p in _as_list(paths, m)]
-        return self._run_batches(m, paths, batch_size, lambda chunk: [self.load(m, p) for p in chunk])
+        return self._run_batches(m, paths, batch_size, lambda chunk: [self._load_quietly(m, p) for p in chunk], scaled)
+
+    def _load_quietly(self, modality: str, path: str | os.PathLike) -> Tensor:
+        # A query file's decoder warnings must not reach the terminal either (see preprocess.noise).
+        from xsearch.engine.preprocess.noise import capture
+
+        with capture(path):
+            return self.load(modality, path)
 
     embed_files = embed_paths
 
     def _run_batches(
-        self, modality: str, items: Sequence, batch_size: int, make: Callable[[Sequence], Tensor | list[Tensor]]
+        self, modality: str, items: Sequence, batch_size: int, make: Callable[[Sequence], Tensor | list[Tensor]],
+        scaled: bool = False,
     ) -> np.ndarray:
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, not {batch_size}")
-        parts = [self.embed_tensors(modality, make(items[i : i + batch_size])) for i in range(0, len(items), batch_size)]
+        extra = {"scaled": True} if scaled else {}  # only embedders with logit scales take the keyword
+        parts = [self.embed_tensors(modality, make(items[i : i + batch_size]), **extra)
+                 for i in range(0, len(items), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
 
@@ -492,8 +504,12 @@ class Embedder(BatchEmbedder):
 
     # ------------------------------------------------------------ embedding
 
-    def embed_tensors(self, modality: str, batch: Tensor | Sequence[Tensor]) -> np.ndarray:
+    def embed_tensors(self, modality: str, batch: Tensor | Sequence[Tensor], *, scaled: bool = False) -> np.ndarray:
         """Embed a batch of loaded items: float32 ``(B, dim)``, rows L2-normalised.
+
+        ``scaled``: the original model's outputs instead, not normalised: each clip's unit vector times
+        the tower's logit scale (``logit_scale``), averaged over an item's clips. Zero-shot
+        probabilities are a softmax over their products with the scaled text outputs.
 
         ``batch`` is ``(B, *clip)``, ``(B, clips, *clip)`` (clips averaged per item),
         or a list of per-item tensors as ``load`` returns them (clip counts may
@@ -508,7 +524,29 @@ class Embedder(BatchEmbedder):
         model = self.model_for(m)
         out = torch.cat([self._forward(model, m, chunk) for chunk in clips.split(self.chunk_size)])
         out = _average_clips(out, counts)
-        return F.normalize(out, dim=-1).numpy()
+        return out.numpy() if scaled else F.normalize(out, dim=-1).numpy()
+
+    def logit_scale(self, modality: str) -> float:
+        """The factor the model's postprocessor multiplies ``modality``'s unit vectors by: the text tower's
+        learned scale, the fixed ones of audio, depth, thermal and IMU (each min(exp(log scale), 100)),
+        1 for images and video (the vision tower has none). Read from the checkpoint: a tower that is
+        not loaded is not loaded for it."""
+        t = tower(canonical_modality(modality))
+        if t == "vision":
+            return 1.0
+        key = f"modality_postprocessors.{t}.1.log_logit_scale"
+        model = self._models.get(t)
+        if model is not None:
+            log_scale = float(model.modality_postprocessors[t][1].log_logit_scale.float())
+        elif self._prebuilt:
+            raise ModelError(f"the given model has no {t} tower; build it with {t!r} in its modalities")
+        else:
+            from safetensors import safe_open
+
+            path = _weights().ensure_converted(self._name) / f"{t}.safetensors"
+            with safe_open(path, framework="pt") as f:
+                log_scale = float(f.get_tensor(key).float())
+        return min(math.exp(log_scale), _MAX_LOGIT_SCALE)
 
     @torch.inference_mode()
     def _forward(self, model: ImageBindModel, modality: str, chunk: Tensor) -> Tensor:

@@ -65,6 +65,12 @@ HUGE_FILENAME = "imagebind_huge.pth"
 # is checked instead, and this floor rejects an error page or a truncated copy.
 HUGE_MIN_SIZE = 1_200_786_990 * 4
 
+# Said with the first download (and when it cannot happen): the official weights are not for every use.
+HUGE_LICENCE = (
+    "The ImageBind weights are licensed CC BY-NC-SA 4.0: non-commercial use only. For other uses, the OpenCLIP "
+    "backend (xsearch.engine.OpenCLIPEmbedder: permissive weights, image and text only) works without them."
+)
+
 MODEL_ENV = "XSEARCH_MODEL"
 OFFLINE_ENV = "XSEARCH_OFFLINE"
 PROGRESS_ENV = "XSEARCH_PROGRESS"  # "always": draw the bar even when stderr is not a terminal
@@ -189,6 +195,16 @@ def model_id(name: str | None = None) -> str:
     return f"dir:{spec.label}-{_checkpoint_key(spec.checkpoint, spec.config)[:8]}"
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two model ids name the same weights. A model folder's id ends with a key of its checkpoint
+    and config: a copy of the folder under another name is the same model, though its label differs."""
+    if a == b:
+        return True
+    if a.startswith("dir:") and b.startswith("dir:"):
+        return a.rsplit("-", 1)[-1] == b.rsplit("-", 1)[-1]
+    return False
+
+
 def cached_files(name: str | None = None) -> dict[str, Path]:
     """``{tower: .safetensors path, "config": config.json}`` of a completed conversion, else ``{}``.
 
@@ -220,8 +236,8 @@ def _manual_hint(url: str, dest: Path, reason: str, size: int | None) -> str:
     size_note = f" ({size:,} bytes)" if size else ""
     return (
         f"cannot download {url}: {reason}. Download that file yourself (for example on another "
-        f"machine) and put it at {dest}{size_note}, or set {MODEL_ENV} to a model directory "
-        "(config.json + checkpoint.pth)."
+        f"machine) and put it at {dest}{size_note}, or use another model: --model DIR or {MODEL_ENV}=DIR "
+        "(a directory with config.json + checkpoint.pth)."
     )
 
 
@@ -409,7 +425,13 @@ def _ensure_checkpoint(spec: _Spec, progress: bool | str) -> Path:
         if spec.url is None:
             raise ModelError(f"{ckpt}: missing; {_describe()}")
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        download(spec.url, ckpt, progress=progress, min_size=spec.min_size)
+        licence = HUGE_LICENCE if spec.name == HUGE else ""
+        if licence and not _offline():
+            print(f"xsearch: downloading {spec.url} to {ckpt} (once). {licence}", file=sys.stderr, flush=True)
+        try:
+            download(spec.url, ckpt, progress=progress, min_size=spec.min_size)
+        except ModelError as e:
+            raise ModelError(f"{e} {licence}".rstrip()) from e
     if spec.min_size is not None and ckpt.stat().st_size < spec.min_size:
         raise ModelError(
             f"{ckpt}: {ckpt.stat().st_size:,} bytes, but the {spec.name} checkpoint is at least "

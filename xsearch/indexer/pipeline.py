@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from xsearch.engine.preprocess.image import fast_decode as _fast_decode
-from xsearch.errors import MediaError
+from xsearch.engine.preprocess.noise import capture as _capture_noise
+from xsearch.engine.preprocess.noise import quiet as _quiet
+from xsearch.errors import MediaError, ModelError, StoreError, UsageError, XSearchError
 from xsearch.indexer.detect import AUTO, check_override, detect_modality
 from xsearch.indexer.facts import media_facts
 from xsearch.indexer.hashing import content_hash
@@ -51,7 +53,7 @@ class IndexReport:
     skipped: int = 0  # files of no modality xsearch handles
     interrupted: bool = False
     seconds: float = 0.0
-    errors: list[dict[str, str]] = field(default_factory=list)  # this run's new failures
+    errors: list[dict[str, str]] = field(default_factory=list)  # every file counted in `failed`, with its reason
     missing: list[str] = field(default_factory=list)  # indexed folders not on disk (their items are kept)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,10 +80,64 @@ class _Result:
 # How a failure to open a file starts. Permissions change without touching size or time, so such failures
 # are tried again on every run rather than only when the file changes.
 _CANNOT_READ = "cannot read file "
+# A failed item's fact saying its cause was not the file (the machine: out of memory, a device error), so the
+# next run tries it again although the file did not change.
+RETRY_FACT = "retry"
 
 
-def _access_failure(item: Item) -> bool:
-    return item.status == "failed" and (item.error or "").startswith(_CANNOT_READ)
+def _retried(item: Item) -> bool:
+    """A failure to try again on the next run whether or not the file changed."""
+    return item.status == "failed" and ((item.error or "").startswith(_CANNOT_READ) or bool(item.facts.get(RETRY_FACT)))
+
+
+def not_the_files_fault(exc: BaseException) -> bool:
+    """An embedding failure caused by the machine rather than the file: out of (GPU or host) memory."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def load_input(embedder: Any, modality: str, path: str, fast: bool = True) -> Any:
+    """One file as the model's input: a text file's text, else the decoded tensor (see ``Indexer.fast_decode``)."""
+    if modality == "text":
+        from xsearch.engine.preprocess.text import load_text
+
+        return load_text(path)
+    with _fast_decode(fast):  # thread-local: only image decoding consults it
+        return embedder.load(modality, path)
+
+
+def embed_inputs(embedder: Any, modality: str, data: list[Any]) -> np.ndarray:
+    """Unit vectors of a batch of ``load_input`` results of one modality."""
+    if modality == "text":
+        return embedder.embed("text", data)
+    # IMU items have varying window counts: the embedder takes them as a list.
+    batch = data if modality == "imu" else torch.stack(data)
+    return embedder.embed_tensors(modality, batch)
+
+
+def failure_reason(exc: Exception, modality: str) -> str:
+    """Why a file could not be decoded, as recorded with its item."""
+    if isinstance(exc, MediaError):
+        return exc.reason
+    if isinstance(exc, OSError):
+        return f"{_CANNOT_READ}({exc.strerror or exc})"
+    return f"could not decode as {modality}: {type(exc).__name__}: {exc}"  # a decoder bug: recorded, the run goes on
+
+
+def load_model(embedder: Any, modality: str, model: str) -> None:
+    """Load ``modality``'s weights now: a model that cannot be loaded is one error for the whole run
+    (a ModelError or UsageError), never a failure recorded against each file."""
+    model_for = getattr(embedder, "model_for", None)
+    if model_for is None:  # an embedder whose weights were loaded when it was built
+        return
+    try:
+        model_for(modality)
+    except XSearchError:
+        raise
+    except Exception as e:  # out of memory, a CUDA error, a checkpoint torch cannot read
+        hint = "free some memory or use --device cpu" if not_the_files_fault(e) else "check the model files"
+        raise ModelError(f"{model}: cannot load the model for {modality} ({type(e).__name__}: {e}); {hint}") from e
 
 
 def _owner(path: str, roots: Sequence[str]) -> str | None:
@@ -97,6 +153,26 @@ def _outermost(paths: Sequence[str]) -> list[str]:
     """``paths`` without duplicates and without those inside another one (walked as part of it)."""
     unique = sorted(set(paths))
     return [p for p in unique if _owner(p, [q for q in unique if q != p]) is None]
+
+
+def _hidden_below(path: str, owner: str) -> bool:
+    """Whether a name between ``owner`` (a folder above ``path``) and ``path`` is hidden (starts with '.')."""
+    rel = path[len(owner):].strip(os.sep)
+    return any(part.startswith(".") for part in rel.split(os.sep))
+
+
+def _known_spelling(path: str, known: Sequence[str]) -> str:
+    """``path`` spelled under the indexed folder whose real location holds it (the innermost), when it
+    reaches that folder only through a symlink; else ``path``. One folder is thus never indexed twice."""
+    real = os.path.realpath(fs_path(path))
+    best: tuple[str, str] | None = None
+    for r in known:
+        rr = os.path.realpath(fs_path(r))
+        if (real == rr or real.startswith(os.path.join(rr, ""))) and (best is None or len(rr) > len(best[1])):
+            best = (r, rr)
+    if best is None:
+        return path
+    return store_path(fs_path(best[0]) + real[len(best[1]):])
 
 
 # Below this many parameters (the embedder's model for a modality), index runs use one torch thread.
@@ -163,7 +239,12 @@ class Indexer:
 
                 raise UsageError(f"{store_path(root)}: no such file or folder")
             root = store_path(root)  # as stored (a folder name that is not valid UTF-8 is escaped)
-            if modality is not None or _owner(root, known) is None:
+            if _owner(root, known) is None:
+                root = _known_spelling(root, known)  # a symlink to an indexed folder (or into one) is that folder
+            owner = _owner(root, known)
+            # A hidden file or folder named here is recorded, so that runs over its folder (which skip hidden
+            # names) keep it rather than drop it.
+            if modality is not None or owner is None or _hidden_below(root, owner):
                 self.storage.add_root(root, None if modality == AUTO else modality)
             walk_paths.append(root)
         return _outermost(walk_paths)
@@ -174,6 +255,9 @@ class Indexer:
         gone: dict[str, Any] = {}
         reroot: dict[str, list[int]] = {}  # unchanged items now owned by another (inner or outer) folder
         roots = self.storage.roots()
+        named = {fs_path(r) for r in roots}  # hidden ones among them are walked all the same
+        # A symlink to another indexed folder is not walked into: that folder lists its files, once.
+        reals = {r: os.path.realpath(fs_path(r)) for r in roots}
         for top in walk_paths:
             if not os.path.lexists(fs_path(top)):
                 # Moved, deleted or unmounted: keep its items (re-embedding them is costly) and say so.
@@ -182,7 +266,8 @@ class Indexer:
             stored = {it.path: it for it in self.storage.items_under(top)}
             seen: set[str] = set()
             unreadable: list[str] = []  # folders whose files are unknown this run: theirs are kept
-            for entry in walk(fs_path(top)):
+            elsewhere = {real for r, real in reals.items() if r != top}
+            for entry in walk(fs_path(top), keep=named, elsewhere=elsewhere):
                 seen.add(entry.path)
                 root = _owner(entry.path, roots) or top
                 old = stored.get(entry.path)
@@ -190,7 +275,7 @@ class Indexer:
                     unreadable.append(os.path.join(entry.path, ""))
                 if entry.error is not None:
                     if old is not None and old.status == "failed" and old.error == entry.error:
-                        report.failed += 1
+                        self._still_failed(old, report)
                         continue
                     failures.append(self._failure(entry, "unknown", root, entry.error))
                     continue
@@ -199,11 +284,11 @@ class Indexer:
                     report.skipped += 1
                     continue
                 if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.modality == modality \
-                        and (old.status == "failed" or old.model == self.model_id) and not _access_failure(old):
+                        and (old.status == "failed" or old.model == self.model_id) and not _retried(old):
                     if old.root != root:
                         reroot.setdefault(root, []).append(old.id)
                     if old.status == "failed":
-                        report.failed += 1
+                        self._still_failed(old, report)
                     else:
                         report.unchanged += 1
                     continue
@@ -215,16 +300,31 @@ class Indexer:
             self.storage.set_root(ids, root)
         return todo, failures, gone
 
-    def _failure(self, entry: Entry, modality: str, root: str, reason: str, chash: str | None = None) -> ItemRecord:
+    @staticmethod
+    def _still_failed(old: Item, report: IndexReport) -> None:
+        """An unchanged file that failed before: counted and listed with its reason, as a new failure is."""
+        report.failed += 1
+        report.errors.append({"path": old.path, "reason": old.error or ""})
+
+    def _failure(self, entry: Entry, modality: str, root: str, reason: str, chash: str | None = None, *,
+                 retry: bool = False) -> ItemRecord:
         return ItemRecord(
             path=entry.path, modality=modality, size=entry.size, mtime_ns=entry.mtime_ns, content_hash=chash,
-            facts={}, model=None, root=root, vector=None, error=reason,
+            facts={RETRY_FACT: True} if retry else {}, model=None, root=root, vector=None, error=reason,
         )
 
     # ------------------------------------------------------------ decoding (worker threads)
 
     def _decode(self, task: _Task, by_hash: dict[tuple[str, str], Any]) -> _Result:
         res = _Result(task)
+        with _capture_noise(task.entry.fspath) as noise:
+            self._decode_into(res, by_hash)
+        if noise:  # what the decoders printed or warned about this file: kept with it (status --errors --verbose)
+            res.facts = {**res.facts, "warnings": list(noise)}
+        return res
+
+    def _decode_into(self, res: _Result, by_hash: dict[tuple[str, str], Any]) -> None:
+        task = res.task
         path, modality = task.entry.fspath, task.modality
         try:
             try:
@@ -245,29 +345,24 @@ class Indexer:
                 reuse = found[0] if found else None
             if reuse is not None:
                 res.reuse = reuse
-                return res
+                return
+            res.data = load_input(self.embedder, modality, path, self.fast_decode)
             if modality == "text":
-                from xsearch.engine.preprocess.text import load_text
-
-                res.data = load_text(path)
                 res.facts = {"chars": len(res.data), "snippet": res.data[:200]}
             else:
-                with _fast_decode(self.fast_decode):  # thread-local: only image decoding consults it
-                    res.data = self.embedder.load(modality, path)
                 res.facts = media_facts(modality, path)
-        except MediaError as e:
-            res.error = e.reason
-        except OSError as e:
-            res.error = f"{_CANNOT_READ}({e.strerror or e})"
-        except Exception as e:  # a decoder bug must not stop the run; record it
-            res.error = f"could not decode as {modality}: {type(e).__name__}: {e}"
-        return res
+        except Exception as e:  # a bad file (or a decoder bug) must not stop the run; record it
+            res.error = failure_reason(e, modality)
 
     # ------------------------------------------------------------ the run
 
     def run(self, paths: Sequence[str] = (), modality: str | None = None) -> IndexReport:
         t0 = time.perf_counter()
         report = IndexReport()
+        with _quiet():  # decoder noise is kept with each file, off the terminal (see preprocess.noise)
+            return self._run(paths, modality, t0, report)
+
+    def _run(self, paths: Sequence[str], modality: str | None, t0: float, report: IndexReport) -> IndexReport:
         todo, failures, gone = self._plan(self._roots(paths, modality), report)
         # Moved files are matched to vanished items of the same content.
         by_hash = {(it.content_hash, it.modality): it for it in gone.values() if it.status == "ok" and it.content_hash and it.model == self.model_id}
@@ -296,6 +391,7 @@ class Indexer:
 
     def _embed_all(self, todo: list[_Task], by_hash, gone: dict[str, Any], report: IndexReport) -> None:
         pending: dict[str, list[_Result]] = {}
+        _ = self.embedder  # built here, not in a decode worker: a device that is not there is one error for the run
         # One query instead of one per file: a modality with no ok item yet cannot hold this file's content.
         self._lookup = {m for m, n in self.storage.counts().items() if n}
         self._added = {}
@@ -318,7 +414,9 @@ class Indexer:
     def _consume(self, res: _Result, pending, by_hash, gone, report: IndexReport) -> None:
         task = res.task
         if res.error is not None:
-            self._write_failures([self._failure(task.entry, task.modality, task.root, res.error, res.hash)], report)
+            failure = self._failure(task.entry, task.modality, task.root, res.error, res.hash)
+            failure.facts = {k: v for k, v in res.facts.items() if k == "warnings"}
+            self._write_failures([failure], report)
             return
         if res.reuse is not None:
             self._reuse(res, by_hash, gone, report)
@@ -356,12 +454,17 @@ class Indexer:
         batch = pending.pop(modality, [])
         if not batch:
             return
+        load_model(self.embedder, modality, self.model_id)
         try:
             vectors = self._embed(modality, [r.data for r in batch])
+        except (ModelError, StoreError, UsageError):
+            raise  # the run's, not the file's
         except Exception as e:
             if len(batch) == 1:
                 r = batch[0]
-                self._write_failures([self._failure(r.task.entry, modality, r.task.root, f"embedding failed: {e}", r.hash)], report)
+                retry = not_the_files_fault(e)
+                reason = f"embedding failed: {e}" + ("; tried again on the next run" if retry else "")
+                self._write_failures([self._failure(r.task.entry, modality, r.task.root, reason, r.hash, retry=retry)], report)
                 return
             # One bad item must not sink its batch: embed one by one to find it.
             for r in batch:
@@ -413,8 +516,4 @@ class Indexer:
     def _embed(self, modality: str, data: list[Any]) -> np.ndarray:
         if not self._threads_tuned:
             self._tune_threads(modality)
-        if modality == "text":
-            return self.embedder.embed("text", data)
-        # IMU items have varying window counts: the embedder takes them as a list.
-        batch = data if modality == "imu" else torch.stack(data)
-        return self.embedder.embed_tensors(modality, batch)
+        return embed_inputs(self.embedder, modality, data)

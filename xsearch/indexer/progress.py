@@ -53,7 +53,7 @@ class RichProgress:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            console=Console(file=sys.stderr),
+            console=Console(stderr=True),  # follows sys.stderr, which an index run points past captured decoder noise
             transient=False,
         )
         self._task = None
@@ -68,3 +68,30 @@ class RichProgress:
 
     def stop(self) -> None:
         self._bar.stop()
+
+
+class JsonLinesProgress:
+    """Progress as JSON lines on stderr, for programs: ``{"done": N, "total": M, "what": "re-embedding"}``."""
+
+    def __init__(self, stream=None) -> None:
+        self._stream = stream or sys.stderr
+        self._done = self._total = 0
+        self._what = ""
+
+    def _emit(self) -> None:
+        import json
+
+        self._stream.write(json.dumps({"done": self._done, "total": self._total, "what": self._what}) + "\n")
+        self._stream.flush()
+
+    def start(self, total: int, description: str) -> None:
+        self._done, self._total, self._what = 0, total, description
+        self._emit()
+
+    def advance(self, n: int = 1) -> None:
+        if n:
+            self._done += n
+            self._emit()
+
+    def stop(self) -> None:
+        pass

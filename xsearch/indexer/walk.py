@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import stat as stat_mod
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Collection, Iterator
 
 from xsearch.pathnames import store_path
 
@@ -40,11 +40,13 @@ def _entry(path: str) -> Entry | None:
     return Entry(shown, st.st_size, st.st_mtime_ns, fs=fs)
 
 
-def walk(root: str) -> Iterator[Entry]:
+def walk(root: str, keep: Collection[str] = (), elsewhere: Collection[str] = ()) -> Iterator[Entry]:
     """Yield every regular file under ``root`` (or ``root`` itself if it is a file), sorted by path.
 
-    Hidden files and folders (names starting with '.') are skipped. Symlinked folders are
-    followed once; a folder already visited (same device and inode) is not entered again.
+    Hidden files and folders (names starting with '.') are skipped, except those whose path is in
+    ``keep`` (ones the user named to index). Symlinked folders are followed once; a folder already
+    visited (same device and inode) is not entered again, nor is a symlink to a folder whose real
+    path is in ``elsewhere`` (indexed in its own right: its files are listed under that spelling).
     """
     root = os.path.abspath(root)
     if not os.path.isdir(root):
@@ -71,13 +73,15 @@ def walk(root: str) -> Iterator[Entry]:
             continue
         subdirs = []
         for d in names:
-            if d.name.startswith("."):
+            if d.name.startswith(".") and d.path not in keep:
                 continue
             try:
                 is_dir = d.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
             if is_dir:
+                if elsewhere and d.is_symlink() and os.path.realpath(d.path) in elsewhere:
+                    continue
                 subdirs.append(d.path)
             else:
                 e = _entry(d.path)

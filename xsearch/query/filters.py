@@ -1,26 +1,26 @@
-"""Result filters (``folder``, ``glob``; tags can join them) and the one loop that applies them to a search.
+"""Result filters (``folder``, ``glob``, ``tags``) and the one loop that applies them to a search.
 
 A filter keeps some items out of a query's results. It offers two ways to apply it:
 
 - ``select(storage, limit)``: the ids of every item that can pass, when an index of the database lists
   them by reading at most ``limit`` rows; None when it cannot (no index narrows it, or more match).
   ``limit=None`` asks for them whatever it costs: the last resort, which may read every item's path.
-- ``accept(item)``: the exact test for one candidate.
+- ``keep(storage, items)``: the exact test of a round of candidates (one database read at most).
 
 :class:`FilteredSearch` runs a query's filters against each target modality's index, in this order:
 
 1. **Selection.** Each filter whose ``select`` answers within the limit (at least ``SELECT_MIN`` rows,
-   more in a large store: ``total // SELECT_SHARE``) restricts the index search to its ids; several are
-   intersected. The index then scores only allowed vectors (exactly, from the stored vectors, when few).
+   more in a large store: ``total // SELECT_SHARE``; divided by the filter's ``row_cost``) restricts the
+   index search to its ids; several are intersected. The index then scores only allowed vectors (exactly, from the stored vectors, when few).
 2. **Candidates.** The other filters test candidates: the index's best ``want`` are fetched and tested;
    while fewer than ``want`` pass and the modality has more, the search asks again for ``GROWTH`` times as
    many (an index search returns fewer than asked only when no more items are allowed).
 3. **Last resort.** Past ``want * DEEPEST`` candidates (fewer than 1 in 64 pass), the remaining filters
    are resolved with ``select(storage, None)`` and the search is restricted to their ids.
 
-The costs and the worst cases are in docs/storage.md ("Filtered queries"). A new filter (by tag, say)
-implements ``select`` (from its own table's index, if it has one) and ``accept``, and is added by
-:func:`query_filters`: the loop needs nothing more.
+The costs and the worst cases are in docs/storage.md ("Filtered queries"). A new filter implements
+``select`` (from its own table's index, if it has one) and ``keep``, and is added by :func:`query_filters`:
+the loop needs nothing more (:class:`HasTags` is one such).
 """
 from __future__ import annotations
 
@@ -45,13 +45,15 @@ DEEPEST = 64  # candidate rounds stop at want * DEEPEST; then the filters are re
 
 
 class Filter(Protocol):
+    row_cost: int  # what one selected row costs, in rows of the path index (its selection limit is divided by it)
+
     def select(self, storage: Storage, limit: int | None) -> np.ndarray | None:
         """Sorted int64 ids of every item that may pass (of any modality: the index keeps its own), read
         through an index in at most ``limit`` rows; None when that cannot be done. Never None for
         ``limit=None``."""
 
-    def accept(self, item: Item) -> bool:
-        """Whether one item passes (the exact test)."""
+    def keep(self, storage: Storage, items: list[Item]) -> list[bool]:
+        """Whether each of these items passes (the exact test)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class UnderFolder:
     escaped path of exactly the items below it: a range of the path index."""
 
     prefix: str  # stored (escaped, absolute) folder path ending with "/"
+    row_cost = 1
 
     @classmethod
     def of(cls, folder: str | os.PathLike) -> UnderFolder:
@@ -72,8 +75,8 @@ class UnderFolder:
         got = storage.ids_with_prefix(self.prefix, limit=limit)
         return None if got is None else np.sort(got[0])
 
-    def accept(self, item: Item) -> bool:
-        return item.path.startswith(self.prefix)
+    def keep(self, storage: Storage, items: list[Item]) -> list[bool]:
+        return [it.path.startswith(self.prefix) for it in items]
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class PathGlob:
 
     pattern: str
     _match: Callable[[str], Any] = field(init=False, repr=False, compare=False)
+    row_cost = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_match", re.compile(fnmatch.translate(self.pattern)).match)
@@ -112,8 +116,29 @@ class PathGlob:
         keep = np.fromiter((self.test(p) for p in paths), dtype=bool, count=len(paths))
         return np.sort(ids[keep])
 
-    def accept(self, item: Item) -> bool:
-        return self.test(item.path)
+    def keep(self, storage: Storage, items: list[Item]) -> list[bool]:
+        return [self.test(it.path) for it in items]
+
+
+@dataclass(frozen=True)
+class HasTags:
+    """Items carrying every one of these tags (current tags of any label set: xsearch.storage.tags).
+    The selection reads the rarest label's items through the tags table's label index."""
+
+    labels: tuple[str, ...]
+    row_cost = 16  # a tag row joins two more tables (~95 SQLite instructions, a path index row ~6)
+
+    def select(self, storage: Storage, limit: int | None) -> np.ndarray | None:
+        from xsearch.storage import tags as stored_tags  # (it imports the query package)
+
+        ids = stored_tags.tagged_ids(storage, self.labels, limit=limit)
+        return None if ids is None else np.array(sorted(ids), dtype=np.int64)
+
+    def keep(self, storage: Storage, items: list[Item]) -> list[bool]:
+        from xsearch.storage import tags as stored_tags
+
+        carrying = stored_tags.tagged_ids(storage, self.labels, among=[it.id for it in items])
+        return [it.id in carrying for it in items]
 
 
 def query_filters(spec: QuerySpec) -> list[Filter]:
@@ -123,6 +148,8 @@ def query_filters(spec: QuerySpec) -> list[Filter]:
         out.append(UnderFolder.of(spec.folder))
     if spec.glob is not None:
         out.append(PathGlob(spec.glob))
+    if spec.tags:
+        out.append(HasTags(tuple(spec.tags)))
     return out
 
 
@@ -140,7 +167,7 @@ class FilteredSearch:
     def __post_init__(self) -> None:
         limit = max(SELECT_MIN, self.total // SELECT_SHARE)
         for f in self.filters:
-            ids = f.select(self.storage, limit)
+            ids = f.select(self.storage, max(1, limit // f.row_cost))
             if ids is None:
                 self.tests.append(f)
             else:
@@ -165,8 +192,9 @@ class FilteredSearch:
             if not self.tests:
                 return found[:want]
             self.fetch([i for i, _ in found])
-            passed = [(i, s) for i, s in found
-                      if (it := self.items.get(i)) is not None and all(f.accept(it) for f in self.tests)]
+            passed = [(i, s) for i, s in found if i in self.items]  # removed meanwhile: dropped
+            for f in self.tests:  # each filter tests what the ones before it kept
+                passed = [r for r, ok in zip(passed, f.keep(self.storage, [self.items[i] for i, _ in passed])) if ok]
             if len(passed) >= want or exhausted:
                 return passed[:want]
             if k >= want * DEEPEST:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from xsearch.errors import UsageError
-from xsearch.pathnames import stored_abspath
+from xsearch.pathnames import name_keys, store_path
 from xsearch.query.filters import FilteredSearch, query_filters
 from xsearch.query.spec import QueryInput, QuerySpec
 from xsearch.storage import Storage
@@ -24,7 +24,8 @@ class Hit:
     facts: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": self.score, "path": self.path, "modality": self.modality, "id": self.id, **({"facts": self.facts} if self.facts else {})}
+        return {"rank": self.rank, "score": self.score, "path": self.path, "modality": self.modality, "id": self.id,
+                "facts": self.facts}
 
 
 def compose(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -97,7 +98,7 @@ def _find_like(value: str | int, storage: Storage) -> Any:
     if not isinstance(value, str):
         found = storage.get_items([int(value)])
         return found[0] if found else None
-    for key in dict.fromkeys((value, stored_abspath(value))):
+    for key in name_keys(value):
         item = storage.item_by_path(key)
         if item is not None:
             return item
@@ -110,14 +111,16 @@ def _like_item(value: str | int, storage: Storage) -> Any:
     Worded without CLI flags: the Python and HTTP APIs raise the same messages.
     """
     item = _find_like(value, storage)
+    if item is None and not isinstance(value, str):
+        raise UsageError(f"like: no item with id {value} in this store")
+    # a name that is not valid UTF-8 cannot be printed as it is
+    shown = store_path(value) if isinstance(value, str) else f"item {value} ({item.path})"
     if item is None:
-        if not isinstance(value, str):
-            raise UsageError(f"like: no item with id {value} in this store")
         if os.path.isdir(value):
-            raise UsageError(f"like: {value} is a folder; name one indexed file in it")
-        raise UsageError(f"like: {value} is not indexed in this store; index it first, or search with the file itself")
+            raise UsageError(f"like: {shown} is a folder; name one indexed file in it")
+        raise UsageError(f"like: {shown} is not indexed in this store; index it first, or search with the file itself")
     if item.status != "ok":
-        raise UsageError(f"like: {value} failed to index ({item.error or 'no reason recorded'}); "
+        raise UsageError(f"like: {shown} failed to index ({item.error or 'no reason recorded'}); "
                          "it has no vector: fix or replace the file and index it again")
     return item
 

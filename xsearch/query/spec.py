@@ -32,6 +32,7 @@ _WEIGHT = re.compile(
 # resolve ratios much beyond 1e7: a weight outside this range is a typo or an overflow, not a wish.
 MIN_WEIGHT = 1e-6
 MAX_WEIGHT = 1e6
+_PATH_MAX = 4096  # Linux's PATH_MAX: no longer path can be opened
 _WEIGHT_RANGE = f"use 0 or a number from {MIN_WEIGHT:g} to {MAX_WEIGHT:g} in size (negative subtracts)"
 
 
@@ -120,7 +121,7 @@ def _is_id(value: Any) -> bool:
 
 def _is_one(values: Any) -> bool:
     """One input (a value or a ``(value, weight)`` pair) rather than a list of them."""
-    if isinstance(values, (str, bytes, os.PathLike)):
+    if isinstance(values, (str, bytes, os.PathLike)) or hasattr(values, "read"):  # a file object: said in _value
         return True
     return isinstance(values, tuple) and len(values) == 2 and isinstance(values[1], numbers.Real) and not isinstance(values[1], bool)
 
@@ -137,8 +138,15 @@ def _value(kind: str, value: Any) -> str | int:
             return value
     elif kind == "like" and _is_id(value):
         return int(value)
+    elif hasattr(value, "read"):
+        raise UsageError(f"{kind}: got an open file ({type(value).__name__}); pass its path instead")
     elif isinstance(value, (str, bytes, os.PathLike)):
-        return os.fsdecode(value)
+        name = os.fsdecode(value)
+        # A path never holds a NUL, nor runs to kilobytes: such a value is a file's content, not its name.
+        if "\0" in name or len(name) > _PATH_MAX:
+            what = f"{len(value)} bytes of data" if isinstance(value, bytes) else f"a string of {len(name)} characters"
+            raise UsageError(f"{kind}: got {what}, not a file path; save the data to a file and pass its path")
+        return name
     raise UsageError(f"{kind}: expected {_expected(kind)} or a (value, weight) pair, not {value!r} ({type(value).__name__})")
 
 
@@ -148,7 +156,9 @@ def parse_targets(target: str | Iterable[str] | None) -> tuple[str, ...] | None:
         return None
     names = [target] if isinstance(target, str) else list(target)
     flat = [n.strip() for name in names for n in name.split(",") if n.strip()]
-    if not flat or "all" in flat:
+    if not flat:  # "" is a slip (an empty variable), not a wish for every modality
+        raise UsageError(f"empty target: name 'all' or one of {', '.join(INPUT_MODALITIES)}")
+    if "all" in flat:
         return None
     for n in flat:
         if n not in INPUT_MODALITIES:
@@ -164,6 +174,7 @@ class QuerySpec:
     folder: str | None = None  # only results under this folder
     glob: str | None = None  # only results whose path matches this glob
     min_score: float | None = None
+    tags: tuple[str, ...] = ()  # only items carrying every one of these tags (xsearch.storage.tags)
 
     @property
     def exclude(self) -> tuple[str | int, ...]:
@@ -189,11 +200,15 @@ class QuerySpec:
                                  else f"empty {i.kind} path: name a file")
         if all(i.weight == 0 for i in self.inputs):
             raise UsageError("every query input has weight 0")
+        if self.min_score is not None and (isinstance(self.min_score, bool) or not isinstance(self.min_score, numbers.Real)
+                                           or not math.isfinite(self.min_score)):
+            raise UsageError(f"min_score must be a finite number (a cosine similarity, -1 to 1), not {self.min_score!r}")
 
     def describe(self) -> dict[str, Any]:
         return {
             "inputs": [i.describe() for i in self.inputs],
             "target": list(self.targets) if self.targets else "all",
             "k": self.k,
-            "filters": {"folder": self.folder, "glob": self.glob, "min_score": self.min_score},
+            "filters": {"folder": self.folder, "glob": self.glob, "min_score": self.min_score,
+                        **({"tags": list(self.tags)} if self.tags else {})},
         }

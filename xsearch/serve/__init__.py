@@ -19,6 +19,7 @@ from xsearch.errors import UsageError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 TOKEN_ENV = "XSEARCH_TOKEN"
+MIN_TOKEN_CHARS = 16  # `openssl rand -hex 16` gives 32
 
 
 def create_app(*args: Any, **kwargs: Any):
@@ -39,8 +40,24 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
+def check_token(token: str | None) -> None:
+    """Refuse a token that guards nothing: blank, padded with spaces, or short enough to guess."""
+    if not token:  # none given ("" from an empty $XSEARCH_TOKEN too)
+        return
+    if not token.strip():
+        raise UsageError(f"the token is made of whitespace only: give a random one of at least {MIN_TOKEN_CHARS} "
+                         "characters, e.g. --token $(openssl rand -hex 16)")
+    if token != token.strip():
+        raise UsageError("the token starts or ends with whitespace, which HTTP clients drop from the Authorization "
+                         "header: give it without the spaces")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise UsageError(f"the token has {len(token)} characters; give a random one of at least {MIN_TOKEN_CHARS}, "
+                         "e.g. --token $(openssl rand -hex 16)")
+
+
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse to listen beyond loopback without a token."""
+    """Refuse to listen beyond loopback without a token, or with a weak one."""
+    check_token(token)
     if not is_loopback(host) and not token:
         raise UsageError(
             f"refusing to serve on {host!r} without a token: other machines could search and read every indexed "
@@ -78,7 +95,8 @@ def _config(store: Any, host: str, port: int, token: str | None, max_upload_byte
 
     check_bind(host, token)
     # No token on loopback: only loopback Host headers, so a web page cannot reach us by DNS rebinding.
-    allowed = None if token else list(LOOPBACK_NAMES)
+    # The address listened on is one of them (any of 127.0.0.0/8): a DNS name never arrives as an IP literal.
+    allowed = None if token else [*LOOPBACK_NAMES, host]
     app = create_app(store, token=token, max_upload_bytes=max_upload_bytes or DEFAULT_MAX_UPLOAD_BYTES, allowed_hosts=allowed,
                      refresh_interval=REFRESH_INTERVAL if refresh_interval is None else refresh_interval)
     access = logging.getLogger("uvicorn.access")
@@ -150,4 +168,4 @@ class BackgroundServer:
         self.stop()
 
 
-__all__ = ["BackgroundServer", "check_bind", "create_app", "is_loopback", "run", "LOOPBACK_NAMES"]
+__all__ = ["BackgroundServer", "check_bind", "check_token", "create_app", "is_loopback", "run", "LOOPBACK_NAMES"]

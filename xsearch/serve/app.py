@@ -27,13 +27,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xsearch import __version__
@@ -50,9 +56,14 @@ STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1000 * 1000
 MAX_K = 1000
 UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
+FILE_FIELDS = ("text", *UPLOAD_MODALITIES)  # a text file uploaded under "text" is read as the indexer reads it
 JSON_KEYS = ("text", "like", "vector", "target", "k", "filters")
-FILTER_KEYS = ("folder", "glob", "min_score")
-FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight" for m in UPLOAD_MODALITIES)
+FILTER_KEYS = ("folder", "glob", "min_score", "tags")
+FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight" for m in FILE_FIELDS)
+# What the API says of a failed file it does not serve: the indexer's reason may quote the file's content.
+WITHHELD_REASON = ("could not be indexed; the reason is not shown for a file this server does not serve "
+                   "(`xsearch status` on the server shows it)")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's "\ud800" escapes decode to these: not encodable text
 SNIPPET_CHARS = 300
 TEXT_SNIFF_BYTES = 1 << 16  # read to choose a text file's charset
 TOKEN_COOKIE = "xsearch_token"
@@ -138,13 +149,25 @@ def valid_range(header: str) -> bool:
 
 class MediaFileResponse(FileResponse):
     """A FileResponse that ignores an invalid Range header and sends the whole file (RFC 9110 allows it),
-    where Starlette answers a plain-text 400."""
+    where Starlette answers a plain-text 400, and answers a range beyond the file with JSON like every error."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope.get("headers") or []
         rng = next((v for k, v in headers if k == b"range"), None)
-        if rng is not None and not valid_range(rng.decode("latin-1")):
-            scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"range"]}
+        if rng is not None:
+            text, ignore = rng.decode("latin-1"), not valid_range(rng.decode("latin-1"))
+            if not ignore:
+                size = os.stat(self.path).st_size
+                try:
+                    self._parse_range_header(text, size)
+                except MalformedRangeHeader:
+                    ignore = True
+                except RangeNotSatisfiable:
+                    detail = f"the range {show(text)} lies beyond the file, which has {size} bytes"
+                    response = JSONResponse({"detail": detail}, status_code=416, headers={"Content-Range": f"bytes */{size}"})
+                    return await response(scope, receive, send)
+            if ignore:
+                scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"range"]}
         await super().__call__(scope, receive, send)
 
 
@@ -175,7 +198,9 @@ class SearchRequest:
     folder: str | None = None
     glob: str | None = None
     min_score: float | None = None
+    tags: list[str] = field(default_factory=list)  # only items carrying every one of these tags
     labels: dict[str, str] = field(default_factory=dict)  # temp path -> uploaded file name
+    text_files: dict[str, str] = field(default_factory=dict)  # an uploaded text file's content -> its name
 
     def add(self, kind: str, value: Any) -> None:
         self.inputs.setdefault(kind, []).append(value)
@@ -191,10 +216,13 @@ class SearchRequest:
         for kind, values in self.inputs.items():
             for inp in as_inputs(kind, values):
                 d = inp.describe()
-                if isinstance(d["value"], str):
+                if kind == "text" and d["value"] in self.text_files:
+                    d["value"] = self.text_files[d["value"]]  # the file's name, not its whole content
+                elif isinstance(d["value"], str):
                     d["value"] = self.relabel(d["value"])
                 inputs.append(d)
-        filters = {"folder": self.folder, "glob": self.glob, "min_score": self.min_score}
+        filters = {"folder": self.folder, "glob": self.glob, "min_score": self.min_score,
+                   **({"tags": self.tags} if self.tags else {})}
         return {"inputs": inputs, "target": self.target, "k": self.k, "filters": filters}
 
 
@@ -249,11 +277,32 @@ def _parse_vector(value: Any) -> list[list[float]]:
     for row in rows:
         if not isinstance(row, list) or not row or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row):
             raise ApiError(422, "vector must be a list of numbers, or a list of such lists")
+    lengths = sorted({len(row) for row in rows})
+    if len(lengths) > 1:
+        raise ApiError(422, f"vector rows must all have the same length, not lengths {show(lengths)}")
     return rows
+
+
+def _refuse_surrogates(body: Any) -> None:
+    """400 for a lone surrogate (``"\\ud800"``) anywhere in a JSON body: it is no text, it cannot be stored,
+    searched for or echoed back. Iterative: the decoder already bounds the nesting, but not our stack."""
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise ApiError(400, "the JSON body holds a lone surrogate escape (such as \\ud800) in a string: "
+                                    "that is not valid Unicode text; send text as UTF-8")
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def parse_json_search(body: Any) -> SearchRequest:
     """``{"text", "like", "vector", "target", "k", "filters": {"folder", "glob", "min_score"}}``."""
+    _refuse_surrogates(body)
     if not isinstance(body, dict):
         raise ApiError(422, 'the JSON body must be an object such as {"text": "a dog", "target": "image"}')
     for m in UPLOAD_MODALITIES:
@@ -296,6 +345,15 @@ def _set_filters(req: SearchRequest, filters: dict[str, Any]) -> None:
             setattr(req, key, value)
     if filters.get("min_score") not in (None, ""):
         req.min_score = _parse_number("min_score", filters["min_score"])
+    req.tags = _parse_tags(filters.get("tags"))
+
+
+def _parse_tags(value: Any) -> list[str]:
+    """A tag or a list of tags, all required; empty ones are ignored."""
+    values = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(t, str) for t in values):
+        raise ApiError(422, f"tags must be a string or a list of strings, not {show(value)}")
+    return list(dict.fromkeys(t.strip() for t in values if t.strip()))
 
 
 def _upload_suffix(upload: UploadFile) -> str:
@@ -315,7 +373,7 @@ def _save_upload(upload: UploadFile, dest: str) -> int:
 
 
 def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
-    """Multipart fields: files under image/audio/video/depth/thermal/imu, ``<modality>_weight``,
+    """Multipart fields: files under text/image/audio/video/depth/thermal/imu, ``<modality>_weight``,
     ``text`` (repeatable, VALUE@WEIGHT), ``like``, ``target``, ``k``, ``folder``, ``glob``, ``min_score``.
 
     Uploaded files are copied into ``tmpdir`` keeping their extension (blocking: call in a thread).
@@ -325,13 +383,13 @@ def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
     fields: dict[str, list[str]] = {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
-            if key not in UPLOAD_MODALITIES:
-                raise ApiError(422, f"unknown upload field {key!r}; upload files under one of {', '.join(UPLOAD_MODALITIES)}")
+            if key not in FILE_FIELDS:
+                raise ApiError(422, f"unknown upload field {key!r}; upload files under one of {', '.join(FILE_FIELDS)}")
             files.setdefault(key, []).append(value)
         elif key in UPLOAD_MODALITIES:
             raise ApiError(422, f"field {key!r} must be an uploaded file, not a plain form value")
         elif key not in FORM_FIELDS:
-            raise ApiError(422, f"unknown form field {key!r}; expected files under {', '.join(UPLOAD_MODALITIES)} "
+            raise ApiError(422, f"unknown form field {key!r}; expected files under {', '.join(FILE_FIELDS)} "
                                 f"or fields {', '.join(FORM_FIELDS)}")
         else:
             fields.setdefault(key, []).append(value)
@@ -345,7 +403,12 @@ def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
         req.target = [t for t in fields["target"] if t.strip()] or "all"
     if fields.get("k"):
         req.k = _parse_k(fields["k"][-1])
-    _set_filters(req, {key: fields[key][-1] for key in FILTER_KEYS if fields.get(key)})
+    # "tags" may be repeated (all must hold); the other filters take their last value.
+    _set_filters(req, {key: fields[key] if key == "tags" else fields[key][-1] for key in FILTER_KEYS if fields.get(key)})
+    for modality in FILE_FIELDS:
+        if fields.get(f"{modality}_weight") and modality not in files:
+            raise ApiError(422, f"{modality}_weight is the weight of uploaded {modality} files, and no {modality} "
+                                f"file was uploaded: upload one under the field {modality!r}, or drop the weight")
     n = 0
     for modality, uploads in files.items():
         weights = [_parse_number(f"{modality}_weight", w) for w in fields.get(f"{modality}_weight", [])]
@@ -358,10 +421,25 @@ def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
             n += 1
             if _save_upload(upload, dest) == 0:
                 raise ApiError(400, f"uploaded {modality} file {name!r} is empty")
-            req.labels[dest] = name
             weight = weights[i] if len(weights) == len(uploads) else (weights[0] if weights else 1.0)
+            if modality == "text":
+                text = _read_text_upload(dest, name)
+                req.text_files[text] = name
+                req.add("text", (text, weight))
+                continue
+            req.labels[dest] = name
             req.add(modality, (dest, weight))
     return req
+
+
+def _read_text_upload(path: str, name: str) -> str:
+    """An uploaded text file's text, decoded as the indexer decodes text files (so it finds itself)."""
+    from xsearch.engine.preprocess.text import load_text
+
+    try:
+        return load_text(path)
+    except MediaError as e:
+        raise ApiError(400, f"uploaded text file {name!r}: {e.reason}") from e
 
 
 # --------------------------------------------------------------------------- middleware
@@ -434,6 +512,52 @@ class TokenAuth:
                 await send(message)
 
             return await self.app(scope, receive, send_with_cookie)
+        await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """On every answer, errors included: no content-type sniffing (a served file is only ever what its type
+    says) and no framing by other sites (clickjacking)."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+               (b"content-security-policy", b"frame-ancestors 'none'")]
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class SameOriginWrites:
+    """403 for a POST made by another site's page. A form or fetch on any web page can POST to a loopback
+    server without a token (it cannot read the answer, but it runs the model); browsers say where a request
+    comes from in Sec-Fetch-Site, older ones in Origin. Clients that are not browsers send neither."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            headers = dict(scope["headers"])
+            site, origin = headers.get(b"sec-fetch-site"), headers.get(b"origin")
+            if site is not None:
+                cross = site.strip().lower() not in (b"same-origin", b"none")
+            elif origin is not None:  # "null" (a sandboxed frame, a file) has no host: cross-site too
+                cross = urlsplit(origin.decode("latin-1").strip()).netloc.lower() != headers.get(b"host", b"").decode("latin-1").lower()
+            else:
+                cross = False
+            if cross:
+                detail = "cross-site request refused: only this server's own page (or a client that is not a browser) may search"
+                return await JSONResponse({"detail": detail}, status_code=403)(scope, receive, send)
         await self.app(scope, receive, send)
 
 
@@ -627,9 +751,36 @@ class _Service:
         # like/vector searches never touch the model (and storage searches are thread-safe): no queue for them.
         with self.model_lock if needs_model else contextlib.nullcontext():
             hits = store.search(**req.inputs, target=req.target, k=req.k, folder=req.folder, glob=req.glob,
-                                min_score=req.min_score)
+                                min_score=req.min_score, tags=req.tags or None)
         roots = self.real_roots(store)
-        return [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts) for h in hits]
+        return self.with_tags(store, [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts)
+                                      for h in hits])
+
+    @staticmethod
+    def with_tags(store: Any, described: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each described item with its current tags (``[{"label", "prob", "set"}]``)."""
+        tags = store.tags_of([d["id"] for d in described])
+        for d in described:
+            d["tags"] = tags.get(d["id"], [])
+        return described
+
+    def duplicates(self, target: str, threshold: float, cross: bool, cross_threshold: float | None) -> list[dict[str, Any]]:
+        """Blocking: Store.duplicates (under the model lock when --cross embeds sound tracks), members described."""
+        store = self.current()
+        with self.model_lock if cross else contextlib.nullcontext():
+            groups = store.duplicates(target=target, threshold=threshold, cross=cross, cross_threshold=cross_threshold)
+        roots = self.real_roots(store)
+        items = {it.id: it for it in store.storage.get_items([m.id for g in groups for m in g.members])}
+        out = []
+        for g in groups:
+            members = []
+            for m in g.members:
+                if m.id in items:
+                    d = self.describe_item(items[m.id], roots, score=m.score)
+                    d["keeper"] = m.keeper
+                    members.append(d)
+            out.append({"kind": g.kind, "keeper": g.keeper.path, "members": self.with_tags(store, members)})
+        return out
 
     @staticmethod
     def _like_value(value: int | str) -> int | str:
@@ -659,8 +810,47 @@ def _cached_preview(modality: str, path: str, size: int, mtime_ns: int) -> bytes
     return render_preview(modality, path)  # size and mtime are in the key so an edited file re-renders
 
 
+def _slash_redirect(app: FastAPI, scope: Scope) -> str | None:
+    """Where ``/media/10/`` (a GET that only misses by its trailing slash) goes: a path-only Location, never
+    built from the Host header (which the client chose), and without the token, which never belongs in one."""
+    path = scope["path"]
+    if scope["method"] not in ("GET", "HEAD") or path == "/" or not path.endswith("/"):
+        return None
+    stripped = "/" + path.strip("/")  # one leading slash: "//host" would be a link to another site
+    probe = {**scope, "path": stripped}
+    if not any(route.matches(probe)[0] == Match.FULL for route in app.router.routes):
+        return None
+    query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+             if k != "token"]
+    return quote(stripped) + (f"?{urlencode(query)}" if query else "")
+
+
 def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
+
+
+class _CompleteMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, noting whether the closing boundary arrived: python-multipart takes a
+    body cut short without a word, silently dropping the part it was in."""
+
+    complete = False
+
+    def on_end(self) -> None:
+        self.complete = True
+
+
+async def _read_form(request: Request) -> FormData:
+    """The multipart form of ``request``; 400 when it is malformed, over the part limits, or truncated."""
+    parser = _CompleteMultiPartParser(request.headers, request.stream(), max_files=MAX_FILES, max_fields=MAX_FIELDS)
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise ApiError(400, f"the multipart body cannot be read: {e}") from e
+    if not parser.complete:
+        await form.close()
+        raise ApiError(400, "the multipart body is truncated (it ends before its closing boundary): "
+                            "send the whole request again")
+    return form
 
 
 def create_app(
@@ -679,6 +869,9 @@ def create_app(
     ``refresh_interval``: seconds between checks for other processes' writes (an index run that
     finished, the store deleted or created again); 0 checks on every request.
     """
+    from xsearch.serve import check_token
+
+    check_token(token)  # as `xsearch serve` does: a blank or short token guards nothing
     if max_upload_bytes < 1:
         raise UsageError(f"max_upload_bytes must be positive, not {max_upload_bytes}")
     if not refresh_interval >= 0:
@@ -700,6 +893,7 @@ def create_app(
         version=__version__,
         docs_url="/docs/swagger",  # Swagger UI needs its CDN; /docs below works offline
         lifespan=lifespan,
+        redirect_slashes=False,  # Starlette's would build an absolute URL from the Host header: see _not_found
     )
     app.state.service = svc
 
@@ -715,6 +909,20 @@ def create_app(
     async def _too_large(_request: Request, exc: UploadTooLarge) -> JSONResponse:
         return _error(413, str(exc))
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _exc: ClientDisconnect) -> Response:
+        # Not a server fault (a closed tab, a cancelled upload): one line, no traceback.
+        logging.getLogger("uvicorn.error").info("%s %s: the client disconnected before sending the whole request",
+                                                request.method, request.url.path)
+        return Response(status_code=400)  # nobody is left to read it
+
+    @app.exception_handler(HTTPException)
+    async def _not_found(request: Request, exc: HTTPException) -> Response:
+        location = _slash_redirect(app, request.scope) if exc.status_code == 404 else None
+        if location is not None:
+            return Response(status_code=307, headers={"Location": location})
+        return await http_exception_handler(request, exc)
+
     @app.post(
         "/api/search",
         summary="Search by text, uploaded files, indexed items (like) or vectors",
@@ -722,8 +930,12 @@ def create_app(
     )
     async def search(request: Request) -> JSONResponse:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if ctype == "multipart/form-data":
             return await _search_form(request)
+        if ctype != "application/json":
+            # Forms and text/plain are what another site's page may send without asking: refused.
+            raise ApiError(415, f"send the search as application/json or multipart/form-data, "
+                                f"not {show(ctype) if ctype else 'a body without a Content-Type'}")
         try:
             body = await request.json()
         except RecursionError as e:  # the decoder recurses per nesting level
@@ -737,8 +949,11 @@ def create_app(
     async def _search_form(request: Request) -> JSONResponse:
         tmpdir = tempfile.mkdtemp(prefix="xsearch-upload-")
         try:
-            async with request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS) as form:
+            form = await _read_form(request)
+            try:
                 req = await run_in_threadpool(parse_form_search, form, tmpdir)
+            finally:
+                await form.close()
             try:
                 results = await run_in_threadpool(svc.search, req)
             except XSearchError as e:
@@ -760,8 +975,11 @@ def create_app(
         store = svc.current()
         it = svc.item(store, item_id)
         out = svc.describe_item(it, svc.real_roots(store))
-        out.update({"status": getattr(it, "status", None), "error": getattr(it, "error", None),
-                    "size": getattr(it, "size", None), "mtime_ns": getattr(it, "mtime_ns", None)})
+        served = out["media_url"] is not None  # else nothing read from the file is told (see WITHHELD_REASON)
+        error = getattr(it, "error", None)
+        out.update({"status": getattr(it, "status", None), "error": error if served else error and WITHHELD_REASON,
+                    "size": getattr(it, "size", None) if served else None,
+                    "mtime_ns": getattr(it, "mtime_ns", None) if served else None})
         return out
 
     @app.get("/api/items/{item_id}/preview.png", response_class=Response,
@@ -787,13 +1005,24 @@ def create_app(
         real = svc.servable(store, svc.item(store, item_id))
         return MediaFileResponse(real, media_type=media_type(real), headers={"Cache-Control": "private, max-age=300"})
 
+    @app.get("/api/duplicates", summary="Groups of near-duplicate items, each with a suggested keeper first")
+    def duplicates(target: str = "all", threshold: float = 0.95, cross: bool = False,
+                   cross_threshold: float | None = None) -> dict[str, Any]:
+        for name, value in (("threshold", threshold), ("cross_threshold", cross_threshold)):
+            if value is not None and not (math.isfinite(value) and -1 <= value <= 1):
+                raise ApiError(422, f"{name} must be a cosine between -1 and 1, not {show(value)}")
+        return {"threshold": threshold, "groups": svc.duplicates(target, threshold, cross, cross_threshold)}
+
     @app.get("/api/status", summary="Counts per modality, indexes, model, failed files")
     def status() -> dict[str, Any]:
-        out = dict(svc.current().status())
+        store = svc.current()
+        out = dict(store.status())
+        roots = svc.real_roots(store)
+        out["errors"] = [e if svc.inside(e["path"], roots) else {**e, "reason": WITHHELD_REASON} for e in out["errors"]]
         out["server"] = {
             "token_required": bool(svc.token),
             "max_upload_bytes": max_upload_bytes,
-            "upload_modalities": list(UPLOAD_MODALITIES),
+            "upload_modalities": list(FILE_FIELDS),
             "targets": ["all", *INPUT_MODALITIES],
         }
         return out
@@ -816,12 +1045,15 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # Outermost first: host check, then the token, then the body limit (never read a body before auth).
+    # Outermost first: security headers on every answer, the host check, cross-site refusal, the token,
+    # then the body limit (never read a body before auth).
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
     if token:
         app.add_middleware(TokenAuth, token=token)
+    app.add_middleware(SameOriginWrites)
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=list(allowed_hosts))
+    app.add_middleware(SecurityHeaders)
     return app
 
 
@@ -840,7 +1072,9 @@ _SEARCH_BODY_DOC = {
                     "target": {"description": '"all", a modality, or a list', "anyOf": [{"type": "string"}, {"type": "array"}]},
                     "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
                     "filters": {"type": "object", "properties": {
-                        "folder": {"type": "string"}, "glob": {"type": "string"}, "min_score": {"type": "number"}}},
+                        "folder": {"type": "string"}, "glob": {"type": "string"}, "min_score": {"type": "number"},
+                        "tags": {"description": "Only items carrying every one of these tags (xsearch tag)",
+                                 "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}},
                 },
                 "example": {"text": "a dog", "target": "image", "k": 10},
             }
@@ -851,10 +1085,12 @@ _SEARCH_BODY_DOC = {
                 "properties": {
                     **{m: {"type": "string", "format": "binary", "description": f"{m} file(s) to search by"}
                        for m in UPLOAD_MODALITIES},
-                    **{f"{m}_weight": {"type": "number"} for m in UPLOAD_MODALITIES},
-                    "text": {"type": "string"}, "like": {"type": "string"}, "target": {"type": "string"},
+                    **{f"{m}_weight": {"type": "number"} for m in FILE_FIELDS},
+                    "text": {"type": "string", "description": "A text (TEXT@WEIGHT), or a text file (weight: text_weight)"},
+                    "like": {"type": "string"}, "target": {"type": "string"},
                     "k": {"type": "integer"}, "folder": {"type": "string"}, "glob": {"type": "string"},
                     "min_score": {"type": "number"},
+                    "tags": {"type": "string", "description": "A required tag; repeat the field for several"},
                 },
             }
         },

@@ -17,6 +17,7 @@ from xsearch.errors import MediaError, UsageError
 PREVIEW_MODALITIES = ("depth", "thermal", "imu", "video")
 MAX_SIDE = 320  # previews are thumbnails: the longest side in pixels
 PLOT_SIZE = (320, 180)
+AXIS_H = 12  # pixels below the panels for the time axis labels
 
 # Colormaps as a few RGB control points, linearly interpolated (close to matplotlib's
 # "turbo" for depth, where near/far must read at a glance, and "inferno" for thermal,
@@ -85,26 +86,30 @@ def render_thermal(path: str | os.PathLike) -> Image.Image:
 
 
 def render_imu(path: str | os.PathLike, size: tuple[int, int] = PLOT_SIZE) -> Image.Image:
-    """Accelerometer (top) and gyroscope (bottom) x/y/z traces, each panel scaled to its own range."""
-    from xsearch.engine.preprocess.imu import load_imu
+    """Accelerometer (top) and gyroscope (bottom) x/y/z traces over the recording's own time axis (its
+    duration written below), each panel scaled to its own range."""
+    from xsearch.engine.preprocess.imu import read_imu
 
-    windows = load_imu(path).numpy()  # (W, 6, 2000) at 400 Hz: the model's view of the recording
-    data = np.concatenate(list(windows), axis=1) if len(windows) > 1 else windows[0]
-    used = np.flatnonzero(np.any(data != 0, axis=0))
-    data = data[:, : used[-1] + 1] if len(used) else data[:, :1]  # drop the zero padding of a short clip
+    # The samples as recorded: the model's 5-second windows overlap (a 7.5 s recording is 0-5 s and
+    # 2.5-7.5 s), so drawing them end to end would show 10 s with a jump in the middle.
+    data, times, step = read_imu(path)
+    t = times - times[0]
     w, h = size
     img = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    panel_h = h // 2
+    panel_h = (h - AXIS_H) // 2
     for panel, label in enumerate(("accel", "gyro")):
         top = panel * panel_h
         box = (34, top + 6, w - 6, top + panel_h - 6)
-        _plot_panel(draw, data[3 * panel : 3 * panel + 3], box)
+        _plot_panel(draw, data[3 * panel : 3 * panel + 3], t, box)
         draw.text((4, top + panel_h // 2 - 6), label, fill=(90, 90, 90))
+    duration = f"{float(t[-1]) + step:.3g} s"
+    draw.text((34, h - AXIS_H), "0 s", fill=(90, 90, 90))
+    draw.text((w - 6 - draw.textlength(duration), h - AXIS_H), duration, fill=(90, 90, 90))
     return img
 
 
-def _plot_panel(draw: ImageDraw.ImageDraw, channels: np.ndarray, box: tuple[int, int, int, int]) -> None:
+def _plot_panel(draw: ImageDraw.ImageDraw, channels: np.ndarray, t: np.ndarray, box: tuple[int, int, int, int]) -> None:
     x0, y0, x1, y1 = box
     draw.rectangle(box, outline=(210, 210, 210))
     width = x1 - x0
@@ -114,7 +119,8 @@ def _plot_panel(draw: ImageDraw.ImageDraw, channels: np.ndarray, box: tuple[int,
     ys = channels[:, idx]
     lo, hi = float(ys.min()), float(ys.max())
     span = hi - lo if hi > lo else 1.0
-    xs = x0 + (np.arange(len(idx)) / max(len(idx) - 1, 1)) * width
+    end = float(t[-1]) if t[-1] > 0 else 1.0
+    xs = x0 + t[idx] / end * width  # timestamps may be uneven: place each sample at its own time
     for c, colour in enumerate(CHANNEL_COLOURS):
         py = y1 - (ys[c] - lo) / span * (y1 - y0)
         draw.line(list(zip(xs.tolist(), py.tolist(), strict=True)), fill=colour, width=1)

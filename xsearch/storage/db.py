@@ -58,6 +58,54 @@ vectors = sa.Table(
 )
 
 
+# A re-embedding under way: the new model's vector of each item (see Storage.reembed_*); its model, dimension
+# and dtype in meta ("reembed:model", ...). Empty when none is.
+pending_vectors = sa.Table(
+    "pending_vectors",
+    metadata,
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=True),  # None: the item could not be re-embedded
+    sa.Column("error", sa.Text, nullable=True),
+)
+
+
+label_sets = sa.Table(
+    "label_sets",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("labels", sa.Text, nullable=False),  # JSON list
+    sa.Column("options", sa.Text, nullable=False),  # JSON: targets, top, min_prob, templates, model
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+label_vectors = sa.Table(
+    "label_vectors",
+    metadata,
+    sa.Column("label_set", sa.String(200), sa.ForeignKey("label_sets.name", ondelete="CASCADE"), primary_key=True),
+    sa.Column("modality", sa.String(32), primary_key=True),
+    sa.Column("scale", sa.Float, nullable=False),  # the modality's logit scale
+    sa.Column("data", sa.LargeBinary, nullable=False),  # float32 (labels, dim) scaled text outputs
+)
+
+tagged = sa.Table(
+    "tagged",
+    metadata,
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("label_set", sa.String(200), sa.ForeignKey("label_sets.name", ondelete="CASCADE"), primary_key=True),
+    sa.Column("version", sa.Float, nullable=True),  # the item's indexed_at when it was tagged
+)
+
+tags = sa.Table(
+    "tags",
+    metadata,
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("label_set", sa.String(200), sa.ForeignKey("label_sets.name", ondelete="CASCADE"), primary_key=True),
+    sa.Column("label", sa.String(400), primary_key=True),
+    sa.Column("prob", sa.Float, nullable=False),
+    sa.Index("ix_tags_label", "label"),
+)
+
+
 def db_path(directory: Path) -> Path:
     return directory / DB_FILENAME
 

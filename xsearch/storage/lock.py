@@ -113,7 +113,9 @@ def writer_lock(directory: str | os.PathLike, *, wait: bool = False, what: str =
         held = _registry.setdefault(key, _Held())
     if not held.thread_lock.acquire(blocking=False):
         if not wait:
-            raise StoreLockedError(_busy_message(directory, os.getpid(), what, hint), os.getpid())
+            # Our own pid, or "pass --wait", would send the user looking for another process: there is none.
+            raise StoreLockedError(f"another thread of this process is writing to {directory}; try again when it "
+                                   "has finished, or pass wait=True to wait for it", os.getpid())
         if on_wait is not None:
             on_wait(f"waiting for another writer in this process to finish with {directory} ...")
         held.thread_lock.acquire()

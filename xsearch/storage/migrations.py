@@ -74,15 +74,75 @@ def _v2_roots(conn: sa.Connection) -> None:
     conn.execute(sa.text("UPDATE items SET indexed_at = :t"), {"t": time.time()})
 
 
-def _v3_counts(conn: sa.Connection) -> None:
+def _v3_pending_vectors(conn: sa.Connection) -> None:
+    """A re-embedding under way (``xsearch reembed``): each item's vector from the new model (or why it has
+    none), kept apart until every item has one, when they replace ``vectors`` in one transaction."""
+    md = sa.MetaData()
+    sa.Table("items", md, sa.Column("id", sa.Integer, primary_key=True))  # for the foreign key only
+    sa.Table(
+        "pending_vectors",
+        md,
+        sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("data", sa.LargeBinary, nullable=True),  # None: the item could not be re-embedded (error says why)
+        sa.Column("error", sa.Text, nullable=True),
+    )
+    md.tables["pending_vectors"].create(conn)
+
+
+def _v4_tags(conn: sa.Connection) -> None:
+    """Zero-shot tags: named label sets (their labels' scaled text vectors per modality, so items indexed
+    later are tagged without the model), which items each set tagged at which item version, the tags."""
+    md = sa.MetaData()
+    sa.Table("items", md, sa.Column("id", sa.Integer, primary_key=True))  # for the foreign keys only
+    sa.Table(
+        "label_sets",
+        md,
+        sa.Column("name", sa.String(200), primary_key=True),
+        sa.Column("labels", sa.Text, nullable=False),  # JSON list
+        sa.Column("options", sa.Text, nullable=False),  # JSON: targets, top, min_prob, templates, model
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
+    sa.Table(
+        "label_vectors",
+        md,
+        sa.Column("label_set", sa.String(200), sa.ForeignKey("label_sets.name", ondelete="CASCADE"), primary_key=True),
+        sa.Column("modality", sa.String(32), primary_key=True),
+        sa.Column("scale", sa.Float, nullable=False),  # the modality's logit scale
+        sa.Column("data", sa.LargeBinary, nullable=False),  # float32 (labels, dim) scaled text outputs
+    )
+    sa.Table(
+        "tagged",
+        md,
+        sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("label_set", sa.String(200), sa.ForeignKey("label_sets.name", ondelete="CASCADE"), primary_key=True),
+        sa.Column("version", sa.Float, nullable=True),  # the item's indexed_at when it was tagged
+    )
+    sa.Table(
+        "tags",
+        md,
+        sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("label_set", sa.String(200), sa.ForeignKey("label_sets.name", ondelete="CASCADE"), primary_key=True),
+        sa.Column("label", sa.String(400), primary_key=True),
+        sa.Column("prob", sa.Float, nullable=False),
+        sa.Index("ix_tags_label", "label"),
+    )
+    for name in ("label_sets", "label_vectors", "tagged", "tags"):
+        md.tables[name].create(conn)
+    # A set's tags count while tagged.version equals the item's indexed_at: every item needs one.
+    conn.execute(sa.text("UPDATE items SET indexed_at = :t WHERE indexed_at IS NULL"), {"t": time.time()})
+
+
+def _v5_counts(conn: sa.Connection) -> None:
     """Per-modality counts of ok items in meta (``count:<modality>``), kept from now on by every write in the
     same transaction as the modality's write counter, so that neither a query nor ``status`` counts rows."""
     rows = conn.execute(sa.text("SELECT modality, count(*) FROM items WHERE status = 'ok' GROUP BY modality")).all()
+    conn.execute(sa.text("DELETE FROM meta WHERE key LIKE 'count:%'"))  # a store put back to an older version
     for modality, n in rows:
         conn.execute(sa.text("INSERT INTO meta (key, value) VALUES (:k, :v)"), {"k": f"count:{modality}", "v": str(n)})
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots, _v3_counts]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots, _v3_pending_vectors, _v4_tags,
+                                                  _v5_counts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -38,6 +38,7 @@ from xsearch.storage import db, migrations, sqlite
 from xsearch.storage import vectors as vec
 from xsearch.storage.db import items as T_items
 from xsearch.storage.db import meta as T_meta
+from xsearch.storage.db import pending_vectors as T_pending
 from xsearch.storage.db import roots as T_roots
 from xsearch.storage.db import vectors as T_vectors
 from xsearch.storage.faiss_index import IndexFileError, IndexPolicy, ModalityIndex, build, ivf_kind, remove_files
@@ -48,10 +49,12 @@ from xsearch.storage.records import FAILED, OK, Item, ItemRecord
 log = logging.getLogger(__name__)
 
 INDEX_DIRNAME = "index"
-RESERVED_META = {migrations.SCHEMA_VERSION_KEY, "dim", "vector_dtype"}
+_REEMBED_META = ("reembed:model", "reembed:model_name", "reembed:dim", "reembed:vector_dtype")
+RESERVED_META = {migrations.SCHEMA_VERSION_KEY, "dim", "vector_dtype", *_REEMBED_META}
 _MODALITY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # it names the index files
 _IN_CHUNK = 900  # ids per IN (...) list: under SQLite's oldest variable limit (999)
 _CHECK_ROWS = 8_192  # stored vectors compared with the re-rank cache at a time (16 MB at 1024-d float16)
+_DECODE_ROWS = 256  # rows decoded at a time to check them: temporaries stay in the CPU cache (~10x faster)
 _COUNTER_PREFIXES = ("gen:", "count:")  # meta keys the store keeps itself, per modality
 _T = TypeVar("_T")
 
@@ -75,6 +78,7 @@ class Storage:
         self._mutex = threading.RLock()  # serialises writes, index loads and swaps in this process
         self._indexes: dict[str, ModalityIndex] = {}
         self._format: tuple[int, str] | None = None  # (dim, dtype) once the first vector is stored
+        self._binding: dict[str, str] = {}  # meta written with the first vector (the model that made it)
         self._closed = False
         if url is None and not db.db_path(self.directory).exists():
             if read_only or not create:
@@ -136,6 +140,11 @@ class Storage:
         with self._write() as conn:
             _meta_set(conn, key, str(value))
 
+    def bind_on_first_vector(self, meta: dict[str, str]) -> None:
+        """Meta (the model's id and name) to write in the same transaction as the store's first vector, so a
+        store is bound to a model only once it holds a vector of it; {} writes nothing."""
+        self._binding = dict(meta)
+
     @property
     def dim(self) -> int | None:
         """Vector dimension of this store (None until the first vector is stored)."""
@@ -195,6 +204,11 @@ class Storage:
         with self._connect() as conn:
             return [_item(r) for r in conn.execute(query)]
 
+    def has_items_under(self, path: str) -> bool:
+        """Whether an item is stored at ``path`` or below it as a folder: a row or two of the path index,
+        however many items are there (items_under reads them all)."""
+        return self.ids_with_prefix(os.path.join(path, ""), limit=0) is None or self.item_by_path(path) is not None
+
     def item_by_path(self, path: str) -> Item | None:
         if self._sqlite:
             rows = self._sqlite_read(lambda run: run(f"SELECT {_ITEM_NAMES} FROM items WHERE path = ?", (path,)))
@@ -244,6 +258,26 @@ class Storage:
         if missing:
             raise StoreError(f"{self._where}: no stored vector for item id {missing[0]} (failed, removed or unknown)")
         return got[[row_of[int(i)] for i in wanted]] if len(wanted) else np.zeros((0, fmt[0]), np.float32)
+
+    def iter_vectors(self, modality: str, chunk: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 unit vectors) of every stored vector of a modality, in id order, ``chunk`` rows at a
+        time, from one consistent snapshot (memory stays bounded by the chunk)."""
+        fmt = self._format or self._refresh_format()
+        if fmt is None:
+            return
+        with self._connect() as conn:
+            for ids, x, _raw in _DbSource(conn, modality, fmt).chunks(chunk):
+                yield ids, x
+
+    def coarse_quantizer(self, modality: str) -> object | None:
+        """A copy of the coarse quantizer (cell centroids) of a modality's IVF index; None for a flat one."""
+        import faiss
+
+        mi = self._index(modality)
+        if mi is None or mi.kind == "flat":
+            return None
+        with mi.lock.read():
+            return faiss.clone_index(faiss.extract_index_ivf(mi.index).quantizer)
 
     def ids_matching(self, *, modality: str | None = None, prefix: str | None = None,
                      glob: str | None = None) -> np.ndarray:
@@ -314,6 +348,12 @@ class Storage:
     def errors(self) -> list[Item]:
         return self.items(status=FAILED)
 
+    def items_with_warnings(self) -> list[Item]:
+        """Items whose decoders warned (``facts["warnings"]``), ordered by path."""
+        query = sa.select(*_ITEM_COLUMNS).where(sa.func.json_extract(T_items.c.facts, "$.warnings").is_not(None))
+        with self._connect() as conn:
+            return [_item(r) for r in conn.execute(query.order_by(T_items.c.path))]
+
     # -- writing ---------------------------------------------------------------------------------------------
     def put(self, records: Sequence[ItemRecord]) -> list[int]:
         """Insert or replace items by path in one transaction; returns their ids in the order given.
@@ -333,6 +373,9 @@ class Storage:
         now = time.time()
         with self._mutex, _interrupt_deferred():
             with self._write() as conn:
+                if x is not None and self._binding and _meta_get(conn, "dim") is None:
+                    for key, value in self._binding.items():
+                        _meta_set(conn, key, value)
                 fmt = self._check_format(conn, x)
                 old = _existing(conn, [r.path for r in batch])
                 rows = [_row(r, now) for r in batch]
@@ -347,6 +390,7 @@ class Storage:
                 old_ids = [ident for ident, _, _ in old.values()]
                 for chunk in _chunks(old_ids, _IN_CHUNK):
                     conn.execute(sa.delete(T_vectors).where(T_vectors.c.item_id.in_(chunk)))
+                    conn.execute(sa.delete(T_pending).where(T_pending.c.item_id.in_(chunk)))  # of the old content
                 changes: dict[str, _Change] = {}
                 for ident, modality, status in old.values():
                     if status == OK:
@@ -418,6 +462,105 @@ class Storage:
                 gens = _bump_gens(conn, _removed(gone))
             self._apply({m: _Change(ids) for m, ids in gone.items()}, gens)
         return count
+
+    # -- re-embedding: every item's vector from another model, switched to in one transaction ---------------
+    def reembed_target(self) -> dict[str, str] | None:
+        """{"model", "model_name"} of a re-embedding under way (started, not yet switched to), else None."""
+        with self._connect() as conn:
+            model = _meta_get(conn, "reembed:model")
+            return None if model is None else {"model": model, "model_name": _meta_get(conn, "reembed:model_name") or ""}
+
+    def start_reembed(self, model: str, model_name: str) -> bool:
+        """Begin re-embedding into ``model``, or continue one into the same model (returns True then). A
+        re-embedding into another model is dropped: its vectors are of no use to this one."""
+        with self._write() as conn:
+            if _meta_get(conn, "reembed:model") == model:
+                return True
+            conn.execute(sa.delete(T_pending))
+            conn.execute(sa.delete(T_meta).where(T_meta.c.key.in_(_REEMBED_META)))
+            _meta_set(conn, "reembed:model", model)
+            _meta_set(conn, "reembed:model_name", model_name)
+        return False
+
+    def reembed_todo(self) -> list[Item]:
+        """The ok items the re-embedding under way has no new vector (or error) for yet, in id order."""
+        query = (sa.select(*_ITEM_COLUMNS).outerjoin(T_pending, T_pending.c.item_id == T_items.c.id)
+                 .where(T_items.c.status == OK, T_pending.c.item_id.is_(None)).order_by(T_items.c.id))
+        with self._connect() as conn:
+            return [_item(r) for r in conn.execute(query)]
+
+    def reembed_done(self) -> int:
+        """How many ok items the re-embedding under way has done."""
+        query = (sa.select(sa.func.count()).select_from(T_pending)
+                 .join(T_items, T_items.c.id == T_pending.c.item_id).where(T_items.c.status == OK))
+        with self._connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def put_pending(self, ids: Sequence[int], vectors: np.ndarray | None, errors: Sequence[str | None]) -> None:
+        """Record, in one transaction, the new model's vector of each item (row i of ``vectors``), or the
+        reason it has none (``errors[i]`` set: it becomes a failed item at the switch). Searches still
+        use the current vectors."""
+        ids = [int(i) for i in ids]
+        ok = [k for k, e in enumerate(errors) if e is None]
+        x = vec.as_matrix(np.asarray(vectors)[ok]) if ok else None
+        with self._mutex, _interrupt_deferred():
+            with self._write() as conn:
+                if _meta_get(conn, "reembed:model") is None:
+                    raise StoreError(f"{self._where}: no re-embedding under way; start one first")
+                raw: dict[int, bytes] = {}
+                if x is not None:
+                    dim, dtype = _meta_get(conn, "reembed:dim"), _meta_get(conn, "reembed:vector_dtype")
+                    if dim is None or dtype is None:  # the new model's first vectors fix its format
+                        dim, dtype = str(x.shape[1]), vec.choose_dtype(x)
+                        _meta_set(conn, "reembed:dim", dim)
+                        _meta_set(conn, "reembed:vector_dtype", dtype)
+                    if int(dim) != x.shape[1]:
+                        raise StoreError(f"{self._where}: the new model's vectors have {x.shape[1]} dimensions, "
+                                         f"earlier ones {dim}; start the re-embedding again")
+                    raw = {ids[k]: row.tobytes() for k, row in zip(ok, vec.encode_rows(x, dtype))}
+                for chunk in _chunks(ids, _IN_CHUNK):
+                    conn.execute(sa.delete(T_pending).where(T_pending.c.item_id.in_(chunk)))
+                conn.execute(sa.insert(T_pending), [{"item_id": i, "data": raw.get(i), "error": errors[k]}
+                                                    for k, i in enumerate(ids)])
+
+    def switch_reembed(self) -> dict[str, int]:
+        """Make the re-embedding's vectors the store's, in one transaction, once every ok item has one (or an
+        error: it becomes a failed item), then rebuild the indexes. Returns {"switched", "failed"} counts."""
+        with self._mutex:
+            with _interrupt_deferred(), self._write() as conn:
+                target = {k: _meta_get(conn, k) for k in _REEMBED_META}
+                if target["reembed:model"] is None:
+                    raise StoreError(f"{self._where}: no re-embedding under way to switch to")
+                left = conn.execute(sa.select(sa.func.count()).select_from(T_items)
+                                    .outerjoin(T_pending, T_pending.c.item_id == T_items.c.id)
+                                    .where(T_items.c.status == OK, T_pending.c.item_id.is_(None))).scalar_one()
+                if left:
+                    raise StoreError(f"{self._where}: {left} items are not re-embedded yet; run the re-embedding again")
+                mods = set(self._modalities(conn))
+                failed = conn.execute(sa.select(T_pending.c.item_id, T_pending.c.error)
+                                      .where(T_pending.c.data.is_(None))).all()
+                for item_id, error in failed:
+                    conn.execute(sa.update(T_items).where(T_items.c.id == item_id)
+                                 .values(status=FAILED, error=error, model=None))
+                conn.execute(sa.delete(T_vectors))
+                conn.exec_driver_sql("INSERT INTO vectors (item_id, data) SELECT p.item_id, p.data FROM pending_vectors p "
+                                     "JOIN items i ON i.id = p.item_id WHERE p.data IS NOT NULL AND i.status = 'ok'")
+                switched = conn.execute(sa.update(T_items).where(T_items.c.status == OK)
+                                        .values(model=target["reembed:model"])).rowcount
+                conn.execute(sa.delete(T_pending))
+                _meta_set(conn, "model", target["reembed:model"])
+                _meta_set(conn, "model_name", target["reembed:model_name"] or target["reembed:model"])
+                if target["reembed:dim"] is not None:
+                    _meta_set(conn, "dim", target["reembed:dim"])
+                    _meta_set(conn, "vector_dtype", target["reembed:vector_dtype"])
+                conn.execute(sa.delete(T_meta).where(T_meta.c.key.in_(_REEMBED_META)))
+                _recount(conn)  # items that could not be re-embedded are failed ones now
+                _bump_gens(conn, dict.fromkeys(mods | self._index_files(), 0))  # every index file is now stale
+                fmt = self._read_format(conn)
+            self._format = fmt  # committed: the new model's vectors are the store's
+            self._indexes.clear()
+            self.rebuild_indexes()
+        return {"switched": int(switched), "failed": len(failed)}
 
     def flush(self) -> None:
         """Persist changed indexes (each file written to a temp name, fsynced, then renamed into place)."""
@@ -539,10 +682,7 @@ class Storage:
         with self._mutex:
             if not self.read_only:
                 with self._write() as conn:  # the counters are derived too: set them from the items
-                    real, kept = _real_counts(conn), _counts(conn)
-                    for m in set(real) | set(kept):
-                        if real.get(m, 0) != kept.get(m, 0):
-                            _meta_set(conn, f"count:{m}", str(real.get(m, 0)))
+                    _recount(conn)
             targets = [modality] if modality else sorted(set(self._modalities()) | self._index_files())
             if not self.read_only:
                 self._check_index_dir()  # before a build that may take minutes
@@ -592,7 +732,7 @@ class Storage:
                 gens = {m: _gen(conn, m) for m in set(mods) | self._index_files()}
         except StoreError as exc:
             return problems + [str(exc)]
-        fix = "rebuild it from the database with `xsearch doctor --repair` (Storage.rebuild_indexes)"
+        fix = "rebuild it from the database with `xsearch doctor --repair`"
         problems += [f"{p}: left by an index save that was killed; `xsearch doctor --repair` or the next "
                      "`xsearch index` deletes it" for p in abandoned_temp_files(self.index_dir)]
         try:
@@ -631,6 +771,29 @@ class Storage:
                 problems.append(f"{where}: reflects database write {gen}, the database is at {gens.get(m, 0)} "
                                 f"(stale vectors); {fix}")
         return problems
+
+    def damaged_vectors(self) -> list[Item]:
+        """Ok items whose stored vector is not a finite unit vector of the store's dimension: bytes damaged
+        inside the database, which SQLite's integrity check does not see (it checks pages, not values).
+        Every row is read, streamed in chunks: memory stays bounded."""
+        fmt = self._format or self._refresh_format()
+        if fmt is None:
+            return []
+        rowbytes = fmt[0] * vec.DTYPES[fmt[1]].itemsize
+        query = (sa.select(T_vectors.c.item_id, T_vectors.c.data).order_by(T_vectors.c.item_id)
+                 .execution_options(yield_per=_CHECK_ROWS))
+        bad: list[int] = []
+        with self._connect() as conn:
+            for part in conn.execute(query).partitions(_CHECK_ROWS):
+                whole = [r for r in part if r[1] is not None and len(r[1]) == rowbytes]
+                bad += [r[0] for r in part if r[1] is None or len(r[1]) != rowbytes]
+                for lo in range(0, len(whole), _DECODE_ROWS):
+                    rows = whole[lo: lo + _DECODE_ROWS]
+                    raw = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8)
+                    with np.errstate(over="ignore", invalid="ignore"):  # garbage may square past float32
+                        x = vec.decode_rows(raw, len(rows), fmt[1], fmt[0], damaged_as_nan=True)
+                    bad += [rows[i][0] for i in np.flatnonzero(np.isnan(x[:, 0]))]
+        return self.get_items(bad)
 
     def _cache_problems(self, mi: ModalityIndex, index_ids: np.ndarray) -> list[str]:
         """The re-rank cache must hold exactly the index's ids, each row with the database's bytes. Every
@@ -810,7 +973,7 @@ class Storage:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreError(f"{self._where}: store is closed; open a new Storage")
+            raise StoreError(f"{self._where}: this store was closed; open it again to use it")
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -959,6 +1122,7 @@ def _delete_items(conn: sa.Connection, ids: Sequence[int]) -> tuple[dict[str, li
                 gone.setdefault(modality, []).append(ident)
         count += len(rows)
         conn.execute(sa.delete(T_vectors).where(T_vectors.c.item_id.in_(chunk)))
+        conn.execute(sa.delete(T_pending).where(T_pending.c.item_id.in_(chunk)))
         conn.execute(sa.delete(T_items).where(T_items.c.id.in_(chunk)))
     return gone, count
 
@@ -988,6 +1152,14 @@ def _real_counts(conn: sa.Connection) -> dict[str, int]:
     query = (sa.select(T_items.c.modality, sa.func.count()).where(T_items.c.status == OK)
              .group_by(T_items.c.modality).order_by(T_items.c.modality))
     return {m: int(n) for m, n in conn.execute(query)}
+
+
+def _recount(conn: sa.Connection) -> None:
+    """Set the per-modality counters from the items (a full count: repair and bulk changes only)."""
+    real, kept = _real_counts(conn), _counts(conn)
+    for m in set(real) | set(kept):
+        if real.get(m, 0) != kept.get(m, 0):
+            _meta_set(conn, f"count:{m}", str(real.get(m, 0)))
 
 
 def _removed(gone: dict[str, list[int]]) -> dict[str, int]:

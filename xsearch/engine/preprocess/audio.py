@@ -243,6 +243,9 @@ class _AvSource(_Source):
     def __init__(self, path: str):
         import av
 
+        from xsearch.engine.preprocess.noise import watch_av
+
+        watch_av()
         self.path = path
         self.exact = False
         try:
@@ -269,7 +272,7 @@ class _AvSource(_Source):
             with av.open(self.path) as container:
                 stream = container.streams.audio[0]
                 resampler = None
-                for frame in container.decode(stream):
+                for frame in self._frames(container, stream):
                     if resampler is None:
                         # Later frames are converted to the first frame's format, rate and layout.
                         self.sample_rate, self.channels = frame.sample_rate, frame.layout.nb_channels
@@ -283,6 +286,27 @@ class _AvSource(_Source):
             raise
         except (av.FFmpegError, OSError, ValueError) as e:
             raise _av_error(self.path, e) from e
+
+
+    def _frames(self, container, stream) -> Iterator:
+        """Decoded frames; a packet the codec rejects as invalid data is skipped, as the ffmpeg command
+        does, and said (kept with the file as a warning): one damaged stretch of a long MP3 must not
+        make the whole file unreadable. A file of nothing but damaged packets ends with no samples."""
+        import av
+
+        from xsearch.engine.preprocess.noise import note
+
+        bad = 0
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError as e:
+                bad += 1
+                first = e
+                continue
+            yield from frames
+        if bad:
+            note(f"skipped {bad} damaged audio packet(s): {first}")
 
 
 def _av_frames_hint(container, stream, sample_rate: int) -> int | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import warnings
 from typing import Iterator
 
 import numpy as np
@@ -70,32 +69,126 @@ def _draft(img: Image.Image, min_short_side: int) -> None:
         img.draft(img.mode, (max(1, w // scale), max(1, h // scale)))
 
 
+_plugins_lock = threading.Lock()
+_plugins_done = False
+
+
+def register_plugins() -> None:
+    """Let PIL open HEIC/HEIF photos when pillow-heif (the ``heif`` extra) is installed; once per process."""
+    global _plugins_done
+    if _plugins_done:
+        return
+    with _plugins_lock:
+        if not _plugins_done:
+            try:
+                import pillow_heif
+            except ImportError:
+                pass
+            else:
+                pillow_heif.register_heif_opener()
+            _plugins_done = True
+
+
+# Formats PIL opens only through an optional extra: what to install, for the error message.
+_EXTRA_FOR = {".heic": "heif", ".heif": "heif", ".hif": "heif"}
+
+
+def _missing_extra(path: str | os.PathLike) -> str | None:
+    ext = os.path.splitext(os.fsdecode(path))[1].lower()
+    extra = _EXTRA_FOR.get(ext)
+    if extra == "heif":
+        try:
+            import pillow_heif  # noqa: F401
+        except ImportError:
+            return extra
+    return None
+
+
+def _check_pixels(path: str | os.PathLike, img: Image.Image) -> None:
+    # Checked here rather than by turning DecompressionBombWarning into an error with
+    # warnings.catch_warnings, which is not thread-safe: decoding runs in worker threads.
+    limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
+    if img.width * img.height > limit:
+        raise MediaError(path, f"image is {img.width}x{img.height} pixels, larger than the {limit:,}-pixel limit")
+
+
 def open_image(path: str | os.PathLike, draft_short_side: int | None = None) -> Image.Image:
     """Open and fully decode an image file, or raise MediaError saying why not.
 
     ``draft_short_side``: decode a large JPEG at a reduced scale whose short side is
     still at least this many pixels (approximate pixels; see :func:`load_image`).
+    Camera RAW files go through rawpy (:func:`open_raw`); HEIC/HEIF through pillow-heif.
     """
+    register_plugins()
+    if is_raw(path):
+        return open_raw(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            if img.width * img.height > MAX_PIXELS:
-                raise MediaError(path, f"image is {img.width}x{img.height} pixels, larger than the {MAX_PIXELS:,}-pixel limit")
-            if draft_short_side:
-                _draft(img, draft_short_side)
-            img.load()
+        img = Image.open(path)
+        _check_pixels(path, img)
+        if draft_short_side:
+            _draft(img, draft_short_side)
+        img.load()
         return img
     except MediaError:
         raise
     except FileNotFoundError as e:
         raise MediaError(path, "file not found") from e
     except UnidentifiedImageError as e:
+        extra = _missing_extra(path)
+        if extra:
+            raise MediaError(path, f"cannot read this format without the {extra} extra: "
+                                   f'pip install "xsearch[{extra}]"') from e
         raise MediaError(path, "not a readable image (unknown or corrupt format)") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise MediaError(path, f"image too large to decode safely ({e})") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise MediaError(path, f"corrupt or truncated image ({e})") from e
+
+
+def is_raw(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as a camera RAW file (read with rawpy)."""
+    from xsearch.indexer.detect import RAW_EXTENSIONS
+
+    return os.path.splitext(os.fsdecode(path))[1].lower() in RAW_EXTENSIONS
+
+
+def open_raw(path: str | os.PathLike) -> Image.Image:
+    """A camera RAW file as an RGB image: its embedded preview when that is at least ``IMAGE_SIZE`` on
+    the short side (what the camera rendered, and fast), else a half-size development by LibRaw
+    (camera white balance, 8 bits). Needs rawpy, the ``raw`` extra."""
+    try:
+        import rawpy
+    except ImportError:
+        raise MediaError(path, 'camera RAW file: reading it needs the raw extra: pip install "xsearch[raw]"') from None
+    import io
+
+    try:
+        with rawpy.imread(os.fsdecode(path)) as raw:
+            w, h = raw.sizes.raw_width, raw.sizes.raw_height
+            if w * h > MAX_PIXELS:
+                raise MediaError(path, f"RAW image is {w}x{h} pixels, larger than the {MAX_PIXELS:,}-pixel limit")
+            try:
+                thumb = raw.extract_thumb()
+            except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+                thumb = None
+            preview = None
+            if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
+                try:
+                    preview = Image.open(io.BytesIO(thumb.data))
+                    _check_pixels(path, preview)
+                    preview.load()
+                except (OSError, SyntaxError, ValueError):
+                    preview = None  # a damaged preview: develop the raw data instead
+            elif thumb is not None and thumb.format == rawpy.ThumbFormat.BITMAP:
+                preview = Image.fromarray(thumb.data)
+            if preview is not None and min(preview.size) >= IMAGE_SIZE:
+                return preview
+            rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)
+        return Image.fromarray(rgb)
+    except MediaError:
+        raise
+    except (rawpy.LibRawError, OSError, ValueError) as e:
+        raise MediaError(path, f"not a readable camera RAW file ({type(e).__name__}: {e})") from e
 
 
 def resize_short_side(img: Image.Image, size: int = IMAGE_SIZE, resample: int = Image.BICUBIC) -> Image.Image:
@@ -165,8 +258,8 @@ def load_image(path: str | os.PathLike, fast: bool | None = None) -> torch.Tenso
     if fast is None:
         fast = fast_decode_enabled()
     img = open_image(path, DRAFT_MIN_SHORT_SIDE if fast else None)
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)  # animated: the first frame stands for the file
+    # Animated or layered: the frame PIL opens on stands for the file (the first frame; a PSD's merged
+    # image), as in the original. No seek(0): PSD layers count from 1, and seeking to 0 fails.
     # Exactly the original's convert("RGB"), also for 16-bit and float grey, where PIL clips values
     # above 255 (a 16-bit photo comes out nearly white): the official embeddings are defined by it.
     # Such frames belong to the thermal loader (scaled by their own range): `--modality thermal`.

@@ -36,6 +36,9 @@ SEEK_GAP_SECONDS = 3.0
 def _av():
     import av  # imported lazily: only video needs it
 
+    from xsearch.engine.preprocess.noise import watch_av
+
+    watch_av()
     return av
 
 
