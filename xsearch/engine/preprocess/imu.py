@@ -82,6 +82,11 @@ class _Columns:
 
 def load_imu(path: str | os.PathLike, *, sample_rate: float | None = None) -> torch.Tensor:
     """An IMU file (CSV with a header, or .npy 6xN / Nx6) -> float32 tensor (W, 6, 2000), W >= 1."""
+    return torch.from_numpy(to_windows(*read_samples(path, sample_rate=sample_rate)))
+
+
+def read_samples(path: str | os.PathLike, *, sample_rate: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """An IMU file -> (6, N) samples, their times in seconds, and the sampling period."""
     if sample_rate is not None and not _is_positive_number(sample_rate):
         raise UsageError(f"IMU sample_rate must be a positive number of Hz, got {sample_rate!r}")
     if os.fspath(path).lower().endswith(".npy"):
@@ -94,7 +99,7 @@ def load_imu(path: str | os.PathLike, *, sample_rate: float | None = None) -> to
         step = 1.0 / rate
     else:
         step = _median_step(times, default=1.0 / rate)
-    return torch.from_numpy(to_windows(data, times, step))
+    return data, times, step
 
 
 def _is_positive_number(value: object) -> bool:
