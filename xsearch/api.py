@@ -119,19 +119,38 @@ class Store:
         workers: int | None = None,
         wait: bool = False,
         on_wait: Callable[[str], None] | None = None,
+        moments: bool | None = None,
+        window: Sequence[str] = (),
+        hop: Sequence[str] = (),
     ) -> IndexReport:
         """Index files and folders (all known folders when ``paths`` is empty); incremental.
 
         ``batch_size``: files embedded together (default 8 on the CPU, 64 on a GPU).
+
+        ``moments=True`` also stores windows of the folders' audio, video and IMU recordings, so that
+        ``search(..., moments=True)`` finds the place inside a long file; False stops that; None keeps
+        each folder's setting (remembered like ``modality``). ``window`` / ``hop``: ``"audio=4s/1s"``,
+        ``"video=2s"`` (window[/hop]) and ``"imu=2.5s"`` (hop) entries; they imply ``moments=True``.
 
         One index run writes to a store at a time (``<store>/index.lock``): if another holds it, this
         raises a StoreError naming its pid, or with ``wait=True`` waits for it (``on_wait`` gets a line first).
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        setting: dict | bool | None = None
+        if moments is not False and (moments or window or hop):
+            from xsearch.indexer.moments import settings
+
+            setting = settings(window, hop)
+        elif moments is False:
+            if window or hop:
+                raise UsageError("--window and --hop set the windows of moments: drop them, or --no-moments")
+            setting = False
         if not paths:
             if modality is not None:  # remembered per folder: a run over every folder keeps each one's own
                 raise UsageError(f"a modality applies to the folders given with it: xsearch index PATH... --modality {modality}")
+            if setting is not None:
+                raise UsageError("moments apply to the folders given with them: xsearch index PATH... --moments")
             if not self.storage.roots():
                 raise UsageError(f"{self.path}: no folders indexed yet: xsearch index PATH")
         with self._writing(wait=wait, on_wait=on_wait):
@@ -147,7 +166,7 @@ class Store:
             indexer = Indexer(
                 self.storage, lambda: self.embedder, model_id, batch_size=batch_size, workers=workers, progress=progress
             )
-            report = indexer.run([os.fspath(p) for p in paths], modality)
+            report = indexer.run([os.fspath(p) for p in paths], modality, setting)
             if not report.interrupted:
                 # A run killed before its final save (crash, SIGKILL, power cut) left index files behind the
                 # database, for modalities this run may not have touched: bring each one up to date now.

@@ -27,7 +27,6 @@ import torchaudio
 
 from xsearch.errors import MediaError
 
-DEFAULT_WINDOWS = {"audio": (2.0, 2.0), "video": (2.0, 2.0), "imu": (5.0, 5.0)}  # seconds: (window, hop)
 MIN_TAIL = 0.25  # a last partial window shorter than this fraction of a window adds too little to embed
 
 Window = tuple[float, float, torch.Tensor]  # (start s, end s, model input of one item)
@@ -89,7 +88,7 @@ def audio_windows(path: str | os.PathLike, window: float = 2.0, hop: float = 2.0
     buf = np.zeros((src.channels, 0), np.float32)
     buf_at = 0  # sample index of buf[:, 0]
     nxt = first  # start of the next window
-    emitted = 0
+    emitted, reached = 0, 0  # windows given, and the sample the last one ended at
     try:
         for block in src.blocks():
             A._check_finite(path, block)
@@ -97,7 +96,7 @@ def audio_windows(path: str | os.PathLike, window: float = 2.0, hop: float = 2.0
             while nxt + size <= buf_at + buf.shape[1] and (limit is None or nxt < limit):
                 e = nxt + size if limit is None else min(nxt + size, limit)
                 yield nxt / sr, e / sr, _audio_input(buf[:, nxt - buf_at: e - buf_at], sr)
-                emitted += 1
+                emitted, reached = emitted + 1, e
                 nxt += step
             if limit is not None and nxt >= limit:
                 return
@@ -107,7 +106,7 @@ def audio_windows(path: str | os.PathLike, window: float = 2.0, hop: float = 2.0
         raise MediaError(path, f"corrupt or truncated audio ({e})") from e
     total = buf_at + buf.shape[1]
     end = total if limit is None else min(total, limit)
-    if nxt < end and (end - nxt >= MIN_TAIL * size or not emitted):
+    if nxt < end and reached < end and (end - nxt >= MIN_TAIL * size or not emitted):
         yield nxt / sr, end / sr, _audio_input(buf[:, nxt - buf_at: end - buf_at], sr)
 
 
@@ -141,7 +140,7 @@ def video_windows(path: str | os.PathLike, window: float = 2.0, hop: float = 2.0
         if first > V.SEEK_GAP_SECONDS:
             container.seek(start_pts + int(first / time_base), stream=stream, backward=True, any_frame=False)
         pending: list[V._Window] = []
-        nxt, emitted = first, 0
+        nxt, emitted, reached = first, 0, Fraction(-1)
         prev: tuple[Fraction, object] | None = None
         for frame in container.decode(stream):
             t = cursor.time_of(frame)
@@ -156,7 +155,7 @@ def video_windows(path: str | os.PathLike, window: float = 2.0, hop: float = 2.0
             for w in [w for w in pending if t >= w.end]:
                 pending.remove(w)
                 yield emit(w, w.end)
-                emitted += 1
+                emitted, reached = emitted + 1, w.end
             prev = (t, frame)
             if limit is not None and t >= limit and not pending:
                 return
@@ -166,9 +165,9 @@ def video_windows(path: str | os.PathLike, window: float = 2.0, hop: float = 2.0
         last = (cursor.max_t or Fraction(0)) + (1 / fps if fps else 0)
         for w in pending:
             end = min(w.end, last)
-            if w.count and (end - w.start >= MIN_TAIL * win or not emitted):
+            if w.count and reached < end and (end - w.start >= MIN_TAIL * win or not emitted):
                 yield emit(w, end)
-                emitted += 1
+                emitted, reached = emitted + 1, end
     except MediaError:
         raise
     except (av.FFmpegError, OSError, ValueError) as e:
