@@ -243,16 +243,21 @@ class Store:
         folder: str | None = None,
         glob: str | None = None,
         min_score: float | None = None,
+        moments: bool = False,
     ) -> list[Hit]:
         """Search with one or more inputs, each a value, a ``(value, weight)`` pair, or a list of them.
 
         Strings may carry a weight as ``"VALUE@WEIGHT"``. ``like`` takes indexed paths (their
         stored vectors are used, nothing is re-embedded); ``vector`` takes raw embeddings.
+        A file input ``"PATH#t=START,END"`` stands for that span of the file (seconds).
+        ``moments=True``: the places inside recordings indexed with moments, each hit with
+        ``start`` and ``end`` (seconds), instead of whole files.
         """
         given = dict(text=text, image=image, audio=audio, video=video, depth=depth, thermal=thermal, imu=imu, like=like, vector=vector)
         inputs = [i for kind in _INPUT_KINDS for i in as_inputs(kind, given[kind])]
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=folder, glob=glob, min_score=min_score,
+            moments=moments,
         )
         return self.query(spec)
 

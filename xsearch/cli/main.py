@@ -113,24 +113,33 @@ def index(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     wait: bool = typer.Option(False, "--wait", help="If another xsearch index is writing to the store, wait for it instead of exiting."),
+    moments: Optional[bool] = typer.Option(
+        None, "--moments/--no-moments",
+        help="Also store windows of the folders' audio, video and IMU recordings, so `query --moments` finds the "
+             "place inside a long file (remembered for each folder; --no-moments turns it off).",
+    ),
+    window: List[str] = typer.Option(None, "--window", help="Moments window[/hop] per modality, e.g. audio=2s/1s, video=4s, imu=5s (default: audio and video 2s, imu 5s, hop = window). Repeatable."),
+    hop: List[str] = typer.Option(None, "--hop", help="Moments hop per modality, e.g. audio=1s. Repeatable."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Index media folders (incremental: unchanged files are not decoded again)."""
     from xsearch.indexer.progress import RichProgress
 
     with _errors():
-        if not paths and modality is None:
+        if not paths and modality is None and moments is None and not window and not hop:
             _require_indexed_folders(store)  # before opening: opening creates the store
         with _open(store, model, device=device) as s:
             bar = RichProgress() if progress and not as_json and sys.stderr.isatty() else None
             report = s.index([os.fspath(p) for p in paths or []], modality, progress=bar, batch_size=batch_size, workers=workers,
-                             wait=wait, on_wait=lambda line: err.print(_one_line(line)))
+                             wait=wait, on_wait=lambda line: err.print(_one_line(line)),
+                             moments=moments, window=window or (), hop=hop or ())
     if as_json:
         _emit_json(report.to_dict())
     else:
         out.print(
             f"embedded {report.embedded}, unchanged {report.unchanged}, moved {report.moved}, copied {report.copied}, "
             f"removed {report.removed}, failed {report.failed}, skipped {report.skipped} in {report.seconds:.1f}s"
+            + (f"; {report.segments} moments over {report.media_seconds:.1f}s of media" if report.segments else "")
             + (" (interrupted)" if report.interrupted else "")
         )
         for e in report.errors[:20]:
@@ -160,6 +169,7 @@ def query(
     folder: Optional[Path] = typer.Option(None, "--folder", help="Only results under this folder."),
     glob: Optional[str] = typer.Option(None, "--glob", help="Only results whose path matches this glob, e.g. '*/2024/*.jpg'."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with at least this cosine similarity."),
+    moments: bool = typer.Option(False, "--moments", help="Return moments (START-END inside recordings indexed with --moments) instead of files. Any file input takes a span as PATH#t=START,END."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -177,7 +187,7 @@ def query(
             raise UsageError("give at least one query input (--text, --image, --audio, --video, --depth, --thermal, --imu, --like)")
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=os.fspath(folder) if folder else None,
-            glob=glob, min_score=min_score,
+            glob=glob, min_score=min_score, moments=moments,
         )
         spec.validate()
         # Readers never write to the store (a concurrent index run owns it); see xsearch.storage.lock.
@@ -192,15 +202,20 @@ def query(
         sys.stdout.buffer.write(b"".join(os.fsencode(fs_path(h.path)) + b"\0" for h in hits))
         sys.stdout.buffer.flush()
     elif paths_only:
+        from xsearch.query.moments import fragment
+
         for h in hits:
-            sys.stdout.write(h.path + "\n")
+            sys.stdout.write((h.path if h.start is None else fragment(h.path, h.start, h.end)) + "\n")
     else:
         table = Table(show_edge=False)
         for col, just in (("#", "right"), ("score", "right"), ("modality", "left")):
             table.add_column(col, justify=just)
         table.add_column("path", overflow="fold")  # a path is never cut short with an ellipsis
+        from xsearch.query.moments import format_span
+
         for h in hits:
-            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(h.path))
+            span = "" if h.start is None else "  " + format_span(h.start, h.end)
+            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(h.path + span))
         if hits:
             _print_table(table)
         else:
