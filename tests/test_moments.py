@@ -339,3 +339,51 @@ def test_segments_survive_a_kill_mid_run(tmp_path, tiny_model):
         hits = s.search(audio=str(tmp_path / "event.wav"), moments=True, k=n_files)
         # file i has the event at 2i s: each is found at its own time
         assert {h.path: h.start for h in hits} == {str(media / f"r{i:02d}.wav"): 2.0 * i for i in range(n_files)}
+
+
+# ---------------------------------------------------------------- the HTTP API, older stores
+
+
+def test_the_http_api_returns_moments_and_takes_spans(tmp_path, tiny_model):
+    import httpx
+
+    from xsearch.serve import BackgroundServer
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_wav_with_event(media / "long.wav", 40, event_at=24)
+    write_wav_with_event(media / "copy.wav", 20, event_at=6, seed=1)
+    with _store(tmp_path, tiny_model) as s:
+        s.index([media], moments=True)
+        with BackgroundServer(s) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+            r = c.post("/api/search", json={"like": f"{media / 'copy.wav'}#t=6,8", "moments": True, "k": 2})
+            assert r.status_code == 200, r.text
+            top = r.json()["results"][0]
+            assert (top["path"], top["start"], top["end"]) == (str(media / "long.wav"), 24, 26)
+            assert r.json()["query"]["moments"] is True
+            with open(tmp_path / "event.wav", "wb") as f:
+                sf.write(f, event_sound(), SR, format="WAV")
+            with open(tmp_path / "event.wav", "rb") as f:
+                r = c.post("/api/search", data={"moments": "1", "k": "1"}, files={"audio": ("event.wav", f, "audio/wav")})
+            assert r.status_code == 200, r.text
+            top = r.json()["results"][0]  # either file's occurrence of the event
+            assert (top["path"], top["start"], top["end"]) in {(str(media / "copy.wav"), 6, 8), (str(media / "long.wav"), 24, 26)}
+            r = c.post("/api/search", json={"text": "x", "moments": "yes"})
+            assert r.status_code == 422 and "moments must be true or false" in r.text
+            r = c.post("/api/search", json={"text": "x"})
+            assert "start" not in r.json()["results"][0]
+
+
+def test_a_store_from_before_moments_opens_and_gains_them(tmp_path, tiny_model):
+    import sqlalchemy as sa
+
+    from xsearch.storage import migrations
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'store' / 'xsearch.db'}")
+    (tmp_path / "store").mkdir()
+    with engine.begin() as conn:
+        migrations.migrate(conn, where="test", read_only=False, upto=2)
+        conn.execute(sa.text("INSERT INTO roots (path, modality, added_at) VALUES ('/r', NULL, 1)"))
+    engine.dispose()
+    with Storage(tmp_path / "store") as st:
+        assert st.root_moments() == {"/r": None} and st.segment_counts() == {}

@@ -50,9 +50,9 @@ STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1000 * 1000
 MAX_K = 1000
 UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
-JSON_KEYS = ("text", "like", "vector", "target", "k", "filters")
+JSON_KEYS = ("text", "like", "vector", "target", "k", "filters", "moments")
 FILTER_KEYS = ("folder", "glob", "min_score")
-FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight" for m in UPLOAD_MODALITIES)
+FORM_FIELDS = ("text", "like", "target", "k", "moments") + FILTER_KEYS + tuple(f"{m}_weight" for m in UPLOAD_MODALITIES)
 SNIPPET_CHARS = 300
 TEXT_SNIFF_BYTES = 1 << 16  # read to choose a text file's charset
 TOKEN_COOKIE = "xsearch_token"
@@ -176,6 +176,7 @@ class SearchRequest:
     glob: str | None = None
     min_score: float | None = None
     labels: dict[str, str] = field(default_factory=dict)  # temp path -> uploaded file name
+    moments: bool = False  # results are moments (start/end inside recordings) instead of files
 
     def add(self, kind: str, value: Any) -> None:
         self.inputs.setdefault(kind, []).append(value)
@@ -195,7 +196,8 @@ class SearchRequest:
                     d["value"] = self.relabel(d["value"])
                 inputs.append(d)
         filters = {"folder": self.folder, "glob": self.glob, "min_score": self.min_score}
-        return {"inputs": inputs, "target": self.target, "k": self.k, "filters": filters}
+        return {"inputs": inputs, "target": self.target, "k": self.k, "filters": filters,
+                **({"moments": True} if self.moments else {})}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -277,6 +279,10 @@ def parse_json_search(body: Any) -> SearchRequest:
         req.target = _parse_target(body["target"])
     if "k" in body:
         req.k = _parse_k(body["k"])
+    if body.get("moments") is not None:
+        if not isinstance(body["moments"], bool):
+            raise ApiError(422, f"moments must be true or false, not {show(body['moments'])}")
+        req.moments = body["moments"]
     filters = body.get("filters") or {}
     if not isinstance(filters, dict) or set(filters) - set(FILTER_KEYS):
         raise ApiError(422, f"filters must be an object with keys among {', '.join(FILTER_KEYS)}, not {show(filters)}")
@@ -345,6 +351,11 @@ def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
         req.target = [t for t in fields["target"] if t.strip()] or "all"
     if fields.get("k"):
         req.k = _parse_k(fields["k"][-1])
+    if fields.get("moments"):
+        flag = fields["moments"][-1].strip().lower()
+        if flag not in ("1", "true", "on", "0", "false", "off", ""):
+            raise ApiError(422, f"moments must be true or false, not {show(fields['moments'][-1])}")
+        req.moments = flag in ("1", "true", "on")
     _set_filters(req, {key: fields[key][-1] for key in FILTER_KEYS if fields.get(key)})
     n = 0
     for modality, uploads in files.items():
@@ -627,9 +638,13 @@ class _Service:
         # like/vector searches never touch the model (and storage searches are thread-safe): no queue for them.
         with self.model_lock if needs_model else contextlib.nullcontext():
             hits = store.search(**req.inputs, target=req.target, k=req.k, folder=req.folder, glob=req.glob,
-                                min_score=req.min_score)
+                                min_score=req.min_score, moments=req.moments)
         roots = self.real_roots(store)
-        return [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts) for h in hits]
+        out = [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts) for h in hits]
+        for d, h in zip(out, hits):
+            if h.start is not None:  # a moment: its span in seconds (players start there: media_url#t=)
+                d.update(start=h.start, end=h.end)
+        return out
 
     @staticmethod
     def _like_path(store: Any, value: int | str) -> str:
@@ -841,6 +856,9 @@ _SEARCH_BODY_DOC = {
                     "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
                     "filters": {"type": "object", "properties": {
                         "folder": {"type": "string"}, "glob": {"type": "string"}, "min_score": {"type": "number"}}},
+                    "moments": {"type": "boolean", "default": False, "description": (
+                        "Return moments inside recordings indexed with --moments: each result then has "
+                        "start and end (seconds). like and file inputs take a span as PATH#t=START,END")},
                 },
                 "example": {"text": "a dog", "target": "image", "k": 10},
             }
@@ -855,6 +873,7 @@ _SEARCH_BODY_DOC = {
                     "text": {"type": "string"}, "like": {"type": "string"}, "target": {"type": "string"},
                     "k": {"type": "integer"}, "folder": {"type": "string"}, "glob": {"type": "string"},
                     "min_score": {"type": "number"},
+                    "moments": {"type": "boolean"},
                 },
             }
         },
