@@ -100,7 +100,6 @@ def search_moments(q: np.ndarray, spec: QuerySpec, storage: Storage) -> list[Any
     """Top-k moments for one composed unit vector, filters applied (targets name file modalities)."""
     from xsearch.query.search import Hit, _find_like
 
-    seg_counts = storage.segment_counts()
     targets = [m for m in (spec.targets or _MOMENT_MODALITIES) if m in _MOMENT_MODALITIES]
     folder = os.path.join(stored_abspath(spec.folder), "") if spec.folder else None
     restrict = bool(folder or spec.glob or spec.targets)
@@ -117,9 +116,7 @@ def search_moments(q: np.ndarray, spec: QuerySpec, storage: Storage) -> list[Any
                 avoid.setdefault(it.path, []).append((-math.inf, math.inf) if i.start is None else (i.start, i.end))
     want = max(spec.k * _CANDIDATES, _MIN_CANDIDATES)
     found: list[tuple[float, int]] = []
-    for m, n in sorted(seg_counts.items()):
-        if not n:
-            continue
+    for m in _MOMENT_MODALITIES:  # a modality without windows has no index: its search returns nothing
         ids = None
         if item_ids is not None:
             ids = storage.segment_ids(m, item_ids)
