@@ -283,6 +283,8 @@ def test_cli_prints_moments_with_their_span_and_media_fragments(tmp_path, tiny_m
     assert (got["results"][0]["start"], got["results"][0]["end"]) == (70, 72) and got["query"]["moments"] is True
     r = runner.invoke(app, ["query", "--store", store, "--audio", str(tmp_path / "event.wav"), "--json"])
     assert "start" not in json.loads(r.output)["results"][0]  # whole files have no span
+    r = runner.invoke(app, ["status", "--store", store])
+    assert "(moments)" in r.output and "audio moments" in r.output and "50" in r.output, r.output
 
 
 # ---------------------------------------------------------------- crash safety

@@ -272,12 +272,15 @@ class Store:
     def status(self) -> dict[str, Any]:
         """Counts and index facts per modality, the model, the store's size, failed files."""
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) if self.path.is_dir() else 0
+        moments = self.storage.root_moments()
         return {
             "store": str(self.path),
             "model": self.storage.get_meta("model") or self.model_id,
-            "roots": [{"path": p, "modality": m, "missing": not os.path.lexists(fs_path(p))}
+            "roots": [{"path": p, "modality": m, "missing": not os.path.lexists(fs_path(p)),
+                       "moments": moments.get(p) is not None}
                       for p, m in self.storage.roots().items()],
             "counts": self.storage.counts(),
+            "moments": self.storage.segment_counts(),  # stored windows per modality (--moments)
             "indexes": self.storage.index_info(),
             "store_bytes": size,
             "errors": [{"path": it.path, "reason": it.error} for it in self.storage.errors()],

@@ -239,6 +239,7 @@ def status(
     out.print(f"model  {st['model']}")
     for r in st["roots"]:
         out.print(f"folder {r['path']}" + (f"  (as {r['modality']})" if r["modality"] else "")
+                  + ("  (moments)" if r.get("moments") else "")
                   + ("  (missing: not on disk)" if r["missing"] else ""))
     table = Table(show_edge=False)
     for col in ("modality", "items", "index", "vectors"):
@@ -249,6 +250,9 @@ def status(
         if info.get("rerank_cache_bytes"):
             index += f" + re-rank cache ({info['rerank_cache_bytes'] / 1e6:.0f} MB)"
         table.add_row(m, str(n), index, str(info.get("ntotal", "-")))
+    for m, n in sorted(st.get("moments", {}).items()):  # windows of recordings (--moments)
+        info = st["indexes"].get(f"{m}#seg", {})
+        table.add_row(f"{m} moments", str(n), str(info.get("factory", "-")), str(info.get("ntotal", "-")))
     _print_table(table)
     n_err = len(st["errors"])
     if errors:
