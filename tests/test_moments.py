@@ -389,3 +389,32 @@ def test_a_store_from_before_moments_opens_and_gains_them(tmp_path, tiny_model):
     engine.dispose()
     with Storage(tmp_path / "store") as st:
         assert st.root_moments() == {"/r": None} and st.segment_counts() == {}
+
+
+def test_window_and_hop_settings_parse_per_modality_and_refuse_nonsense():
+    from xsearch.indexer.moments import settings
+
+    assert settings() == {"audio": [2.0, 2.0], "video": [2.0, 2.0], "imu": [5.0, 5.0]}
+    got = settings(["audio=4s/1s", "imu=10"], ["video=500ms"])
+    assert got == {"audio": [4.0, 1.0], "video": [2.0, 0.5], "imu": [10.0, 10.0]}
+    for window, hop, words in ((["image=2s"], [], "MODALITY=WINDOW"), (["audio"], [], "MODALITY=WINDOW"),
+                               (["audio=two"], [], "not a duration"), ([], ["audio=0.01s"], "too short")):
+        with pytest.raises(UsageError, match=words):
+            settings(window, hop)
+
+
+def test_a_copy_of_a_recording_takes_its_stored_windows(tmp_path, tiny_model):
+    media = tmp_path / "media"
+    media.mkdir()
+    write_wav_with_event(media / "a.wav", 20, event_at=6)
+    with _store(tmp_path, tiny_model) as s:
+        s.index([media], moments=True)
+        (media / "b.wav").write_bytes((media / "a.wav").read_bytes())
+        report = s.index([media])
+        assert (report.copied, report.embedded) == (1, 0)
+        rows = _seg_rows(tmp_path / "store")
+        by_path = {p: [(a, b) for _, q, _, a, b in rows if q == p] for p in (str(media / "a.wav"), str(media / "b.wav"))}
+        assert by_path[str(media / "a.wav")] == by_path[str(media / "b.wav")] and len(by_path[str(media / "b.wav")]) == 10
+        sf.write(tmp_path / "event.wav", event_sound(), SR)
+        hits = s.search(audio=str(tmp_path / "event.wav"), moments=True, k=2)
+        assert {(h.path, h.start) for h in hits} == {(str(media / "a.wav"), 6), (str(media / "b.wav"), 6)}

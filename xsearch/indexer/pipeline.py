@@ -31,9 +31,9 @@ import torch
 
 from xsearch.engine.preprocess.image import fast_decode as _fast_decode
 from xsearch.errors import MediaError
+from xsearch.indexer import moments as mo
 from xsearch.indexer.detect import AUTO, check_override, detect_modality
 from xsearch.indexer.facts import media_facts
-from xsearch.indexer import moments as mo
 from xsearch.indexer.hashing import content_hash
 from xsearch.indexer.progress import NoProgress, Progress
 from xsearch.indexer.walk import Entry, walk
