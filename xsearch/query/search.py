@@ -60,7 +60,7 @@ def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Call
     for i, inp in enumerate(inputs):
         if inp.kind == "vector":
             out[i] = _unit(inp.value)
-        elif getattr(inp, "start", None) is not None:
+        elif inp.start is not None:
             spans.append(i)
             if inp.kind != "like":
                 _check_file(inp.value, inp.kind)
@@ -133,7 +133,7 @@ def run_query(spec: QuerySpec, storage: Storage, get_embedder: Callable[[], Any]
     spec.validate()
     vectors = input_vectors(spec.inputs, storage, get_embedder)
     q = compose(vectors, np.array([i.weight for i in spec.inputs]))
-    if getattr(spec, "moments", False):
+    if spec.moments:
         from xsearch.query.moments import search_moments
 
         return search_moments(q, spec, storage)
