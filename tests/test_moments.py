@@ -418,3 +418,19 @@ def test_a_copy_of_a_recording_takes_its_stored_windows(tmp_path, tiny_model):
         sf.write(tmp_path / "event.wav", event_sound(), SR)
         hits = s.search(audio=str(tmp_path / "event.wav"), moments=True, k=2)
         assert {(h.path, h.start) for h in hits} == {(str(media / "a.wav"), 6), (str(media / "b.wav"), 6)}
+
+
+def test_a_moment_longer_than_the_first_candidates_comes_back_whole_with_the_next(tmp_path, tiny_model):
+    media = tmp_path / "media"
+    media.mkdir()
+    x = (0.05 * np.random.default_rng(0).standard_normal(120 * SR)).astype(np.float32)
+    ev = event_sound()
+    for at in range(10, 60, 2):  # 25 identical windows in a row: more than the first round asks for
+        x[at * SR:(at + 2) * SR] = ev
+    sf.write(media / "long.wav", x, SR)
+    sf.write(tmp_path / "event.wav", ev, SR)
+    with _store(tmp_path, tiny_model) as s:
+        s.index([media], moments=True)
+        hits = s.search(audio=str(tmp_path / "event.wav"), moments=True, k=2)
+        assert (hits[0].start, hits[0].end) == (10, 60) and len(hits) == 2
+        assert not (hits[1].start < 60 and hits[1].end > 10)

@@ -21,8 +21,12 @@ from xsearch.storage import Storage
 from xsearch.storage.store import seg_key
 
 MERGE_MARGIN = 0.05  # cosine: a neighbouring window this close to a moment's best score belongs to it
-_CANDIDATES = 8  # windows fetched per result asked for (merging folds several into one moment)
-_MIN_CANDIDATES = 64
+# Windows fetched per result asked for, at first: merging folds several into one moment, so when the
+# candidates run out before k moments do, the search is asked again for 4x as many. Each candidate costs
+# an exact re-rank of several index hits (IVF-PQ), so asking for many every time would cost ~5x.
+_CANDIDATES = 3
+_MIN_CANDIDATES = 20
+_ROUNDS = 3
 _FRAGMENT = re.compile(r"^(?P<path>.+)#t=(?P<start>[^,]*),(?P<end>[^,]*)$", re.DOTALL)
 _NUMBER = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*$")
 _MOMENT_MODALITIES = ("audio", "video", "imu")
@@ -98,7 +102,7 @@ def _embed_span(kind: str, path: str, start: float, end: float, get_embedder: Ca
 
 def search_moments(q: np.ndarray, spec: QuerySpec, storage: Storage) -> list[Any]:
     """Top-k moments for one composed unit vector, filters applied (targets name file modalities)."""
-    from xsearch.query.search import Hit, _find_like
+    from xsearch.query.search import _find_like
 
     targets = [m for m in (spec.targets or _MOMENT_MODALITIES) if m in _MOMENT_MODALITIES]
     folder = os.path.join(stored_abspath(spec.folder), "") if spec.folder else None
@@ -114,15 +118,31 @@ def search_moments(q: np.ndarray, spec: QuerySpec, storage: Storage) -> list[Any
             it = _find_like(i.value, storage)
             if it is not None:
                 avoid.setdefault(it.path, []).append((-math.inf, math.inf) if i.start is None else (i.start, i.end))
-    want = max(spec.k * _CANDIDATES, _MIN_CANDIDATES)
-    found: list[tuple[float, int]] = []
+    restrict_ids: dict[str, np.ndarray | None] = {}
     for m in _MOMENT_MODALITIES:  # a modality without windows has no index: its search returns nothing
-        ids = None
-        if item_ids is not None:
-            ids = storage.segment_ids(m, item_ids)
-            if len(ids) == 0:
-                continue
-        for seg_id, score in storage.search(seg_key(m), q[None, :], want, ids=ids)[0]:
+        restrict_ids[m] = None if item_ids is None else storage.segment_ids(m, item_ids)
+    want = max(spec.k * _CANDIDATES, _MIN_CANDIDATES)
+    for _ in range(_ROUNDS):
+        hits, more = _moments(q, spec, storage, restrict_ids, avoid, want)
+        if len(hits) >= spec.k or not more:
+            break
+        want *= 4
+    return hits
+
+
+def _moments(q: np.ndarray, spec: QuerySpec, storage: Storage, restrict_ids: dict[str, np.ndarray | None],
+             avoid: dict[str, list[tuple[float, float]]], want: int) -> tuple[list[Any], bool]:
+    """Up to k moments from the best ``want`` windows of each modality; and whether any modality had more."""
+    from xsearch.query.search import Hit
+
+    found: list[tuple[float, int]] = []
+    more = False
+    for m, ids in restrict_ids.items():
+        if ids is not None and len(ids) == 0:
+            continue
+        got = storage.search(seg_key(m), q[None, :], want, ids=ids)[0]
+        more = more or len(got) == want
+        for seg_id, score in got:
             if spec.min_score is None or score >= spec.min_score:
                 found.append((float(score), int(seg_id)))
     segs = {s.id: s for s in storage.segments([i for _, i in found])}
@@ -140,7 +160,7 @@ def search_moments(q: np.ndarray, spec: QuerySpec, storage: Storage) -> list[Any
         hits.append(Hit(len(hits) + 1, round(score, 6), it.path, it.modality, it.id, it.facts, start=start, end=end))
         if len(hits) == spec.k:
             break
-    return hits
+    return hits, more
 
 
 def _overlap(a0: float, a1: float, b0: float, b1: float) -> bool:
