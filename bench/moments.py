@@ -1,6 +1,6 @@
 """Moments: indexing speed in seconds of media per second, store size per hour, query latency.
 
-    python bench/moments.py [--quick] [--audio-minutes 20] [--video-minutes 4] [--segments 200000]
+    python bench/moments.py [--quick] [--audio-minutes 20] [--video-minutes 4] [--segments 200000] [--parts audio,video,latency]
 
 Prints one JSON object on stdout (progress on stderr).
 
@@ -149,15 +149,20 @@ def main() -> None:
     ap.add_argument("--video-minutes", type=float, default=4)
     ap.add_argument("--segments", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--parts", default="audio,video,latency", help="any of: audio, video, latency")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     if args.quick:
         args.audio_minutes, args.video_minutes, args.segments = 2, 1, 20_000
     out = {"environment": common.environment()}
     with tempfile.TemporaryDirectory(prefix="xsearch-moments-") as tmp:
         work = Path(tmp)
-        out["audio"] = index_speed(work, "audio", args.audio_minutes)
-        out["video"] = index_speed(work, "video", args.video_minutes)
-        out["latency"] = query_latency(work, args.segments, args.queries)
+        if "audio" in parts:
+            out["audio"] = index_speed(work, "audio", args.audio_minutes)
+        if "video" in parts:
+            out["video"] = index_speed(work, "video", args.video_minutes)
+        if "latency" in parts:
+            out["latency"] = query_latency(work, args.segments, args.queries)
     print(json.dumps(out, indent=2))
 
 
