@@ -9,7 +9,8 @@ Prints one JSON object on stdout (progress on stderr).
   the tiny fixture model on the CPU (default windows: 2 s, no overlap). Figure: seconds of media
   indexed per second of run (``IndexReport.seconds``), the whole-file vector included. Then the
   store's size per hour of media, as the tiny model stores it (its vectors are small).
-* Query latency: ``--segments`` random 1024-d unit vectors (ImageBind huge's dimension) stored as
+* Query latency: ``--segments`` clustered 1024-d unit vectors (ImageBind huge's dimension; bench/search.py's
+  generator: isotropic random vectors have no neighbours for IVF-PQ to find, real embeddings do) stored as
   2 s audio windows of one-hour items through ``Storage.put`` in bulk (as ``add_vectors`` would), the
   segment index built, then ``Store.search(vector=..., moments=True, k=10)`` timed (median, p95 of
   ``--queries``). Also the store's bytes per hour of audio at 1024-d.
@@ -104,15 +105,16 @@ def query_latency(work: Path, n_segments: int, queries: int, dim: int = 1024) ->
     import xsearch
     from xsearch.storage import ItemRecord, SegmentRecord
 
+    from search import Clustered
+
     per_item = int(HOUR / 2)  # one-hour recordings cut into 2 s windows
-    rng = np.random.default_rng(2)
+    gen = Clustered(dim, centers=1000)
     store_dir = work / "store-latency"
     t = time.perf_counter()
     with xsearch.open(store_dir, model=str(common.TINY_MODEL)) as s:
         for first in range(0, n_segments, per_item):
             n = min(per_item, n_segments - first)
-            x = rng.standard_normal((n + 1, dim)).astype(np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            x = gen.batch(n + 1, first)
             segs = [SegmentRecord("audio", 2.0 * i, 2.0 * i + 2, x[i + 1]) for i in range(n)]
             s.storage.put([ItemRecord(path=f"/bench/rec{first // per_item:05d}.wav", modality="audio", size=1,
                                       mtime_ns=1, vector=x[0], segments=segs)])
@@ -124,7 +126,7 @@ def query_latency(work: Path, n_segments: int, queries: int, dim: int = 1024) ->
         build_s = time.perf_counter() - t
         info = s.storage.index_info().get("audio#seg", {})
         log(f"index {info.get('factory')} built in {build_s:.1f} s; timing {queries} queries")
-        q = rng.standard_normal((queries + 3, dim)).astype(np.float32)
+        q = gen.batch(queries + 3, n_segments + 1)  # held out: inserted batches have keys < n_segments
         times = []
         for i, v in enumerate(q):
             t = time.perf_counter()
