@@ -434,3 +434,30 @@ def test_a_moment_longer_than_the_first_candidates_comes_back_whole_with_the_nex
         hits = s.search(audio=str(tmp_path / "event.wav"), moments=True, k=2)
         assert (hits[0].start, hits[0].end) == (10, 60) and len(hits) == 2
         assert not (hits[1].start < 60 and hits[1].end > 10)
+
+
+def test_progress_counts_seconds_of_media_as_well_as_files(tmp_path, tiny_model):
+    class Counting:
+        def __init__(self) -> None:
+            self.files, self.seconds = 0, 0.0
+
+        def start(self, total: int, description: str) -> None:
+            pass
+
+        def advance(self, n: int = 1) -> None:
+            self.files += n
+
+        def media(self, seconds: float) -> None:
+            self.seconds += seconds
+
+        def stop(self) -> None:
+            pass
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_wav_with_event(media / "a.wav", 30, event_at=None)
+    write_imu_with_pattern(media / "b.csv", 12, pattern_at=None)
+    progress = Counting()
+    with _store(tmp_path, tiny_model) as s:
+        s.index([media], moments=True, progress=progress)
+    assert progress.files == 2 and progress.seconds == pytest.approx(42)

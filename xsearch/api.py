@@ -277,7 +277,7 @@ class Store:
             "store": str(self.path),
             "model": self.storage.get_meta("model") or self.model_id,
             "roots": [{"path": p, "modality": m, "missing": not os.path.lexists(fs_path(p)),
-                       "moments": moments.get(p) is not None}
+                       **({"moments": True} if moments.get(p) is not None else {})}
                       for p, m in self.storage.roots().items()],
             "counts": self.storage.counts(),
             "moments": self.storage.segment_counts(),  # stored windows per modality (--moments)

@@ -118,7 +118,7 @@ def index(
         help="Also store windows of the folders' audio, video and IMU recordings, so `query --moments` finds the "
              "place inside a long file (remembered for each folder; --no-moments turns it off).",
     ),
-    window: List[str] = typer.Option(None, "--window", help="Moments window[/hop] per modality, e.g. audio=2s/1s, video=4s, imu=5s (default: audio and video 2s, imu 5s, hop = window). Repeatable."),
+    window: List[str] = typer.Option(None, "--window", help="Moments window per modality, optionally with its hop after a slash: audio=2s/1s, video=4s, imu=5s (default: audio and video 2s, imu 5s, hop = window). Repeatable."),
     hop: List[str] = typer.Option(None, "--hop", help="Moments hop per modality, e.g. audio=1s. Repeatable."),
     as_json: bool = JsonOpt,
 ) -> None:
