@@ -192,8 +192,9 @@ def test_moments_are_remembered_per_folder_and_no_moments_drops_the_windows(tmp_
         report = s.index([on], window=["audio=4s/2s"])  # a new window re-cuts that folder's files
         assert report.embedded == 1 and [(r[3], r[4]) for r in _seg_rows(tmp_path / "store")] == \
             [(0, 4), (2, 6), (4, 8), (6, 10)]
-        s.index([on], moments=False)
-        assert _seg_rows(tmp_path / "store") == []
+        report = s.index([on], moments=False)
+        assert (report.embedded, report.unchanged) == (0, 1)  # the windows go, the file is not embedded again
+        assert _seg_rows(tmp_path / "store") == [] and s.storage.check() == []
         assert len(s.search(text="anything")) == 2  # the whole-file vectors stay
         with pytest.raises(UsageError, match="--moments"):
             s.index(moments=True)

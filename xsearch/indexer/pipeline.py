@@ -186,6 +186,7 @@ class Indexer:
         failures: list[ItemRecord] = []
         gone: dict[str, Any] = {}
         reroot: dict[str, list[int]] = {}  # unchanged items now owned by another (inner or outer) folder
+        unwindow: list[tuple[Item, str]] = []  # unchanged items whose folder no longer wants moments
         roots = self.storage.roots()
         setting = {r: mo.decode(m) for r, m in self.storage.root_moments().items()}
         for top in walk_paths:
@@ -223,12 +224,25 @@ class Indexer:
                     else:
                         report.unchanged += 1
                     continue
+                if wanted is None and old is not None and old.status == "ok" and old.model == self.model_id \
+                        and (old.size, old.mtime_ns, old.modality) == (entry.size, entry.mtime_ns, modality) \
+                        and old.facts.get("moments") is not None:
+                    unwindow.append((old, root))  # moments turned off: drop the windows, keep the vector
+                    report.unchanged += 1
+                    continue
                 todo.append(_Task(entry, modality, root, wanted))
             for path, item in stored.items():
                 if path not in seen and not path.startswith(tuple(unreadable)):
                     gone[path] = item
         for root, ids in reroot.items():
             self.storage.set_root(ids, root)
+        if unwindow:
+            # Written again with their stored vectors and no windows: nothing is decoded or embedded.
+            vectors = self.storage.get_vectors([it.id for it, _ in unwindow])
+            self.storage.put([ItemRecord(
+                path=it.path, modality=it.modality, size=it.size, mtime_ns=it.mtime_ns, content_hash=it.content_hash,
+                facts={k: v for k, v in it.facts.items() if k != "moments"}, model=it.model, root=root, vector=v,
+            ) for (it, root), v in zip(unwindow, vectors)])
         return todo, failures, gone
 
     def _failure(self, entry: Entry, modality: str, root: str, reason: str, chash: str | None = None) -> ItemRecord:
