@@ -277,7 +277,8 @@ def test_reader_threads_while_a_writer_adds_batches(tmp_path, flat_max, pq_min_d
 def test_migrates_a_store_from_the_previous_schema_version(tmp_path):
     assert SCHEMA_VERSION >= 2
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'xsearch.db'}")
-    with engine.begin() as conn:  # build a store as schema version 1 left it (before roots and index times)
+    with engine.begin() as conn:  # build a store as an older schema version left it
+        # version 1: the row below must gain the columns of every later step (root, indexed_at, ...)
         migrations.migrate(conn, where="test", read_only=False, upto=1)
         conn.execute(sa.text("INSERT INTO items (path, modality, size, mtime_ns, content_hash, facts, status) "
                              "VALUES ('/old.jpg', 'image', 10, 20, 'h', :facts, 'ok')"), {"facts": json.dumps({"w": 1})})

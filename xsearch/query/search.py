@@ -21,10 +21,13 @@ class Hit:
     modality: str
     id: int
     facts: dict = field(default_factory=dict)
+    start: float | None = None  # a moment's span in seconds (None: the whole file)
+    end: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        span = {} if self.start is None else {"start": self.start, "end": self.end}
         return {"rank": self.rank, "score": self.score, "path": self.path, "modality": self.modality, "id": self.id,
-                "facts": self.facts}
+                **span, "facts": self.facts}
 
 
 def compose(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -54,9 +57,14 @@ def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Call
     """One unit vector per input, embedding each modality's inputs in one batch."""
     out: list[np.ndarray | None] = [None] * len(inputs)
     by_kind: dict[str, list[int]] = {}
+    spans: list[int] = []  # inputs naming a span of a file (PATH#t=START,END)
     for i, inp in enumerate(inputs):
         if inp.kind == "vector":
             out[i] = _unit(inp.value)
+        elif inp.start is not None:
+            spans.append(i)
+            if inp.kind != "like":
+                _check_file(inp.value, inp.kind)
         elif inp.kind == "like":
             out[i] = _unit(storage.get_vectors([_like_item(inp.value, storage).id])[0])
         else:
@@ -72,6 +80,12 @@ def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Call
             vecs = embedder.embed(kind, values)
             for i, v in zip(idx, vecs):
                 out[i] = _unit(v)
+    if spans:
+        from xsearch.query.moments import span_vector
+
+        for i in spans:
+            item = _like_item(inputs[i].value, storage) if inputs[i].kind == "like" else None
+            out[i] = _unit(span_vector(inputs[i], storage, get_embedder, item))
     dims = {len(v) for v in out}
     if len(dims) > 1:
         raise UsageError(f"query vectors have different dimensions {sorted(dims)}")
@@ -121,6 +135,10 @@ def run_query(spec: QuerySpec, storage: Storage, get_embedder: Callable[[], Any]
     spec.validate()
     vectors = input_vectors(spec.inputs, storage, get_embedder)
     q = compose(vectors, np.array([i.weight for i in spec.inputs]))
+    if spec.moments:
+        from xsearch.query.moments import search_moments
+
+        return search_moments(q, spec, storage)
     return search_vector(q, spec, storage)
 
 

@@ -132,7 +132,27 @@ def _v4_tags(conn: sa.Connection) -> None:
     conn.execute(sa.text("UPDATE items SET indexed_at = :t WHERE indexed_at IS NULL"), {"t": time.time()})
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots, _v3_pending_vectors, _v4_tags]
+def _v5_segments(conn: sa.Connection) -> None:
+    """Moments: windows of long recordings (start/end in seconds) with their own vectors, and the
+    per-folder setting that asks for them (JSON, None: off)."""
+    md = sa.MetaData()
+    sa.Table(
+        "segments",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("modality", sa.String(32), nullable=False, index=True),
+        sa.Column("start", sa.Float, nullable=False),
+        sa.Column("end", sa.Float, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+        sqlite_autoincrement=True,
+    )
+    sa.Table("items", md, sa.Column("id", sa.Integer, primary_key=True))  # for the foreign key only
+    md.create_all(conn, tables=[md.tables["segments"]])
+    _add_column(conn, "roots", sa.Column("moments", sa.Text, nullable=True))
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots, _v3_pending_vectors, _v4_tags, _v5_segments]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
