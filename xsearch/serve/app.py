@@ -549,7 +549,7 @@ class SecurityHeaders:
 
 
 class SameOriginWrites:
-    """403 for a POST made by another site's page. A form or fetch on any web page can POST to a loopback
+    """403 for a POST (or any /api/ request) made by another site's page. A form or fetch on any web page can POST to a loopback
     server without a token (it cannot read the answer, but it runs the model); browsers say where a request
     comes from in Sec-Fetch-Site, older ones in Origin. Clients that are not browsers send neither."""
 
@@ -557,7 +557,9 @@ class SameOriginWrites:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+        # Every method under /api/ too: GET /api/duplicates?cross=true runs the model.
+        if scope["type"] == "http" and (scope["method"] not in ("GET", "HEAD", "OPTIONS")
+                                        or scope.get("path", "").startswith("/api/")):
             headers = dict(scope["headers"])
             site, origin = headers.get(b"sec-fetch-site"), headers.get(b"origin")
             if site is not None:
@@ -664,6 +666,11 @@ class _Service:
         # from the database; the loaded snapshot stays consistent until the run finishes and saves.
         if not is_locked(store.path):
             store.storage.refresh()
+            stored = store.storage.get_meta("model")
+            if stored is not None and stored != store.model_id and store.storage.dim is not None:
+                # Another process switched the store to another model (`xsearch reembed`): serve with it.
+                self._model_option = None
+                self._reopen()
 
     def _reopen(self) -> None:
         """The database file was replaced (store deleted and created again): open the new one."""
@@ -766,7 +773,7 @@ class _Service:
         roots = self.real_roots(store)
         out = [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts) for h in hits]
         for d, h in zip(out, hits):
-            if h.start is not None:  # a moment: its span in seconds (players start there: media_url#t=)
+            if h.start is not None and d["media_url"] is not None:  # a moment: its span (players start there)
                 d.update(start=h.start, end=h.end)
         return self.with_tags(store, out)
 
@@ -775,7 +782,8 @@ class _Service:
         """Each described item with its current tags (``[{"label", "prob", "set"}]``)."""
         tags = store.tags_of([d["id"] for d in described])
         for d in described:
-            d["tags"] = tags.get(d["id"], [])
+            # Tags are read from the file's content: nothing of a file this server does not serve.
+            d["tags"] = tags.get(d["id"], []) if d["media_url"] is not None else []
         return described
 
     def duplicates(self, target: str, threshold: float, cross: bool, cross_threshold: float | None) -> list[dict[str, Any]]:
