@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xsearch.errors import ModelError, StoreError, UsageError, XSearchError
-from xsearch.pathnames import shown
+from xsearch.pathnames import shown, store_path
 
 app = typer.Typer(
     add_completion=False,
@@ -222,12 +222,17 @@ def reembed(
                 bar = RichProgress()
             report = s.reembed(model, progress=bar, batch_size=batch_size, workers=workers, wait=wait,
                                on_wait=lambda line: err.print(_one_line(line)))
+            # The switch drops tags made from the old model's vectors; the label sets stay, to tag again.
+            retag = [ls["name"] for ls in s.label_sets()] if report.switched else []
     if as_json:
-        _emit_json(report.to_dict())
+        _emit_json({**report.to_dict(), "label_sets_to_tag_again": retag})
     else:
         state = "switched to" if report.switched else "interrupted; run again to continue re-embedding with"
         out.print(_one_line(f"re-embedded {report.reembedded} (+{report.resumed} earlier), failed {report.failed} "
                             f"in {report.seconds:.1f}s; {state} {report.model}"))
+        for name in retag:
+            err.print(_one_line(f"  tags of label set {name} were made with the old model: "
+                                f"run `xsearch tag --name {name} --labels ...` again"))
         for e in report.errors[:20]:
             err.print(_one_line(f"  failed: {e['path']}: {e['reason']}"))
     if report.interrupted:
@@ -269,6 +274,8 @@ def query(
         inputs = [i for kind, vals in given.items() for i in as_inputs(kind, vals or None)]
         if not inputs:  # the library's message names kinds; here the flags say it better
             raise UsageError("give at least one query input (--text, --image, --audio, --video, --depth, --thermal, --imu, --like)")
+        if null and moments:  # bare names would lose each moment's span (and repeat a file once per moment)
+            raise UsageError("--null prints whole files' names; with --moments use --paths (PATH#t=START,END) or --json")
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=os.fspath(folder) if folder else None,
             glob=glob, min_score=min_score, tags=parse_tags(tag), moments=moments,
@@ -453,15 +460,17 @@ def classify(
 
         exists = db_path(Path(store if store is not None else default_store_path())).exists()
         # An existing store is only read (its model is the default); none is needed, so none is created for it.
-        with _open(store, model, device=device, create=not exists, read_only=exists) as s:
+        from xsearch.engine.preprocess.noise import quiet
+
+        with _open(store, model, device=device, create=not exists, read_only=exists) as s, quiet():
             results = s.classify([os.fspath(f) for f in files], names, templates=template or None, modality=modality)
     if as_json:
         _emit_json({"labels": names, "results": [r.to_dict() for r in results]})
         return
     for r in results:
-        out.print(Text(f"{r.path} ({r.modality})"))
+        out.print(Text(_one_line(f"{store_path(r.path)} ({r.modality})")))  # a name as `ls -b` shows it
         for lab, p in r.labels[:top]:
-            out.print(Text(f"  {p:8.4f}  {lab}"))
+            out.print(Text(_one_line(f"  {p:8.4f}  {lab}")))
 
 
 @app.command()
@@ -510,14 +519,16 @@ def dups(
 ) -> None:
     """List groups of near-duplicate items, each with a suggested keeper. Deletes nothing."""
     with _errors():
-        with _open(store, model, device=device, create=False, read_only=True) as s:
+        from xsearch.engine.preprocess.noise import quiet
+
+        with _open(store, model, device=device, create=False, read_only=True) as s, quiet():  # --cross decodes
             groups = s.duplicates(target=target, threshold=threshold, cross=cross, cross_threshold=cross_threshold)
     if as_json:
         _emit_json({"threshold": threshold, "groups": [g.to_dict() for g in groups]})
     elif paths_only:
         for g in groups:
             for m in g.members[1:]:
-                sys.stdout.write(m.path + "\n")
+                sys.stdout.write(shown(m.path) + "\n")
     elif not groups:
         out.print("no duplicates")
     else:

@@ -88,15 +88,16 @@ class JsonLinesProgress:
     """Progress as JSON lines on stderr, for programs: ``{"done": N, "total": M, "what": "re-embedding"}``."""
 
     def __init__(self, stream=None) -> None:
-        self._stream = stream or sys.stderr
+        self._stream = stream  # None: sys.stderr as it is at each line (an index run points it past fd 2)
         self._done = self._total = 0
         self._what = ""
 
     def _emit(self) -> None:
         import json
 
-        self._stream.write(json.dumps({"done": self._done, "total": self._total, "what": self._what}) + "\n")
-        self._stream.flush()
+        stream = self._stream or sys.stderr
+        stream.write(json.dumps({"done": self._done, "total": self._total, "what": self._what}) + "\n")
+        stream.flush()
 
     def start(self, total: int, description: str) -> None:
         self._done, self._total, self._what = 0, total, description
