@@ -40,3 +40,32 @@ def test_reembed_names_the_label_sets_to_tag_again(tmp_path, tiny_model):
     other = random_model(tmp_path / "other", tiny_model, seed=5, out_embed_dim=16)
     report = cli_json("reembed", "--model", other, "--store", store, "--no-progress")
     assert report["switched"] and report["label_sets_to_tag_again"] == ["pets"]
+
+
+def test_doctor_finds_a_damaged_moment_vector_and_repair_embeds_its_file_again(tmp_path, tiny_model):
+    import sqlite3
+
+    import numpy as np
+
+    import xsearch
+    from tests.corpus import write_audio
+
+    media = tmp_path / "media"
+    media.mkdir()
+    write_audio(media / "long.wav", 440.0, seconds=6.0)
+    store = tmp_path / "store"
+    cli("index", media, "--moments", "--store", store, "--model", tiny_model, "--no-progress")
+    con = sqlite3.connect(store / "xsearch.db")
+    seg_id, blob = con.execute("SELECT id, data FROM segments ORDER BY id LIMIT 1").fetchone()
+    con.execute("UPDATE segments SET data = ? WHERE id = ?", (b"\xff" * 40 + blob[40:], seg_id))
+    con.commit()
+    con.close()
+    doc = cli_json("doctor", "--store", store, code=1)
+    assert [(p["kind"], p["detail"].split(":")[0]) for p in doc["problems"]] == [("vector", f"{media}/long.wav")]
+    assert cli_json("doctor", "--repair", "--store", store)["repaired"]
+    assert cli_json("doctor", "--store", store)["ok"]
+    with xsearch.open(store, read_only=True) as s:
+        item = s.storage.item_by_path(f"{media}/long.wav")
+        windows = s.storage.item_segments(item.id, vectors=True)
+        assert item.status == "ok" and windows
+        assert all(np.isfinite(w.vector).all() for w in windows)

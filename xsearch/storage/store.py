@@ -791,14 +791,22 @@ class Storage:
         return problems
 
     def damaged_vectors(self) -> list[Item]:
-        """Ok items whose stored vector is not a finite unit vector of the store's dimension: bytes damaged
-        inside the database, which SQLite's integrity check does not see (it checks pages, not values).
-        Every row is read, streamed in chunks: memory stays bounded."""
+        """Ok items whose stored vector, or the vector of one of their moments (windows), is not a finite
+        unit vector of the store's dimension: bytes damaged inside the database, which SQLite's integrity
+        check does not see (it checks pages, not values). Every row is read, streamed in chunks: memory
+        stays bounded."""
         fmt = self._format or self._refresh_format()
         if fmt is None:
             return []
+        bad: set[int] = set()
+        for table in (T_vectors, T_segments):
+            bad.update(self._damaged_rows(table, fmt))
+        return self.get_items(sorted(bad))
+
+    def _damaged_rows(self, table: sa.Table, fmt: tuple[int, str]) -> list[int]:
+        """The item ids of ``table``'s rows (vectors or segments) whose data is not a finite unit vector."""
         rowbytes = fmt[0] * vec.DTYPES[fmt[1]].itemsize
-        query = (sa.select(T_vectors.c.item_id, T_vectors.c.data).order_by(T_vectors.c.item_id)
+        query = (sa.select(table.c.item_id, table.c.data).order_by(table.c.item_id)
                  .execution_options(yield_per=_CHECK_ROWS))
         bad: list[int] = []
         with self._connect() as conn:
@@ -811,7 +819,7 @@ class Storage:
                     with np.errstate(over="ignore", invalid="ignore"):  # garbage may square past float32
                         x = vec.decode_rows(raw, len(rows), fmt[1], fmt[0], damaged_as_nan=True)
                     bad += [rows[i][0] for i in np.flatnonzero(np.isnan(x[:, 0]))]
-        return self.get_items(bad)
+        return bad
 
     def _cache_problems(self, mi: ModalityIndex, index_ids: np.ndarray) -> list[str]:
         """The re-rank cache must hold exactly the index's ids, each row with the database's bytes. Every
