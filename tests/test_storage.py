@@ -300,8 +300,10 @@ def test_migrates_a_store_from_the_previous_schema_version(tmp_path):
 def test_a_version_2_store_gains_the_reembedding_table_and_keeps_its_vectors(tmp_path):
     with Storage(tmp_path) as s:
         s.put([rec("/a", unit(1, seed=3)[0])])
-    with sqlite3.connect(tmp_path / "xsearch.db") as conn:  # as schema version 2 left it
-        conn.execute("DROP TABLE pending_vectors")
+    with sqlite3.connect(tmp_path / "xsearch.db") as conn:  # as schema version 2 left it: no later table
+        for table in ("pending_vectors", "tags", "tagged", "label_vectors", "label_sets", "segments"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("ALTER TABLE roots DROP COLUMN moments")
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     with Storage(tmp_path) as s:
         assert int(s.get_meta("schema_version")) == SCHEMA_VERSION >= 3
