@@ -168,3 +168,25 @@ def test_reembed_refuses_while_an_indexed_folder_is_missing(tmp_path, tiny_model
         with pytest.raises(UsageError, match="indexed folder not on disk"):
             store.reembed(other_model)
         assert len(store.storage.items(status="ok")) == 3 and store.storage.reembed_target() is None
+
+
+def test_the_switch_drops_moments_and_tags_of_the_old_model_and_the_next_index_run_brings_moments_back(
+        tmp_path, tiny_model, other_model):
+    from tests.corpus import write_audio
+
+    media = make_media(tmp_path / "media", 2)
+    write_audio(media / "tone.wav", 440.0, seconds=6.0)
+    with xsearch.open(tmp_path / "s", model=tiny_model) as store:
+        store.index([media], moments=True)
+        assert store.status()["moments"].get("audio", 0) >= 3
+        store.tag(["dog", "car"], name="pets", top=1)
+        assert store.label_sets()[0]["items"] > 0
+        assert store.reembed(other_model).switched
+        # Nothing computed from the old model's 24-d vectors is left among the new 16-d ones.
+        assert store.status()["moments"] == {} and store.label_sets()[0]["items"] == 0
+        assert store.doctor()["ok"]
+        report = store.index([media])  # the folder still wants moments: its recording is windowed again
+        assert report.segments >= 3
+        hits_ = store.search(audio=str(media / "tone.wav"), moments=True, k=3)
+        assert hits_ and hits_[0].path == str(media / "tone.wav") and hits_[0].start is not None
+        assert store.tag(["dog", "car"], name="pets", top=1)["tagged"] > 0  # the label set, with the new model

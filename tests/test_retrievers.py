@@ -108,3 +108,36 @@ def test_an_unknown_query_kind_is_refused_in_one_line(ix):
 
     with pytest.raises(UsageError, match="query_as must be one of"):
         XSearchRetriever(ix.store, query_as="smell")
+
+
+def test_auto_reads_a_text_file_as_its_content_not_its_name(ix):
+    from xsearch.integrations.langchain import XSearchRetriever
+
+    note = ix.media / "notes" / "n1.txt"
+    docs = XSearchRetriever(store=ix.store, query_as="auto", k=3).invoke(str(note))
+    assert [d.metadata["path"] for d in docs] == [h.path for h in ix.store.search(text=note.read_text(), k=3)]
+    assert docs[0].metadata["path"] == str(note)
+
+
+def test_moments_of_one_file_are_distinct_results(tmp_path, tiny_model):
+    from xsearch.integrations.langchain import XSearchRetriever
+    from xsearch.integrations.llamaindex import XSearchRetriever as NodeRetriever
+
+    media = tmp_path / "media"
+    media.mkdir()
+    # A B A B, 2 s each: the two A windows are one file's two moments (not adjacent, so never merged).
+    import numpy as np
+    import soundfile as sf
+
+    sr = 16000
+    tone = 0.3 * np.sin(2 * np.pi * 300.0 * np.arange(2 * sr) / sr)
+    noise = 0.3 * np.random.default_rng(0).standard_normal(2 * sr)
+    sf.write(media / "long.wav", np.concatenate([tone, noise, tone, noise]).astype(np.float32), sr)
+    with xsearch.open(tmp_path / "store", model=tiny_model) as s:
+        s.index([media], moments=True)
+        query = str(media / "long.wav") + "#t=0,2"
+        docs = XSearchRetriever(store=s, query_as="audio", k=4, filters={"moments": True}).invoke(query)
+        nodes = NodeRetriever(store=s, query_as="audio", k=4, moments=True).retrieve(query)
+    assert len(docs) >= 2 and len({d.id for d in docs}) == len(docs)
+    assert all("start" in d.metadata for d in docs)
+    assert len({n.node.id_ for n in nodes}) == len(nodes) == len(docs)

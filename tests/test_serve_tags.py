@@ -12,6 +12,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 import xsearch
 from tests.corpus import write_image
 from tests.helpers.browser import WAIT, headless_chromium
+from tests.helpers.serve import post_form
 from tests.helpers.media import image_variants
 from xsearch.serve import BackgroundServer
 
@@ -51,7 +52,7 @@ def test_results_carry_their_tags_and_the_tags_filter_keeps_only_tagged_items(cl
     assert r.status_code == 200, r.text
     assert [x["path"] for x in r.json()["results"]] == want
     assert r.json()["query"]["filters"]["tags"] == [label]
-    form = client.post("/api/search", data={"text": "a dog", "target": "image", "k": "50", "tags": label})
+    form = post_form(client, {"text": "a dog", "target": "image", "k": "50", "tags": label})
     assert [x["path"] for x in form.json()["results"]] == want
     bad = client.post("/api/search", json={"text": "a dog", "filters": {"tags": [3]}})
     assert bad.status_code == 422 and "tags" in bad.json()["detail"]

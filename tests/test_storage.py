@@ -276,9 +276,10 @@ def test_reader_threads_while_a_writer_adds_batches(tmp_path, flat_max, pq_min_d
 
 @pytest.mark.parametrize("version", [1, SCHEMA_VERSION - 1])
 def test_migrates_a_store_from_an_older_schema_version(tmp_path, version):
-    assert SCHEMA_VERSION >= 5
+    assert SCHEMA_VERSION >= 6
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'xsearch.db'}")
     with engine.begin() as conn:  # build a store as that schema version left it
+        # version 1: the rows below must gain the columns of every later step (root, indexed_at, ...)
         migrations.migrate(conn, where="test", read_only=False, upto=version)
         for path, modality, status in (("/old.jpg", "image", "ok"), ("/o.wav", "audio", "ok"),
                                        ("/o2.wav", "audio", "ok"), ("/bad.jpg", "image", "failed")):
@@ -294,7 +295,7 @@ def test_migrates_a_store_from_an_older_schema_version(tmp_path, version):
         assert old.facts == {"w": 1} and old.root is None
         if version < 2:
             assert old.indexed_at is not None
-        assert s.counts() == {"audio": 2, "image": 1}  # v5: the per-modality counters start from the items
+        assert s.counts() == {"audio": 2, "image": 1}  # v6: the per-modality counters start from the items
         s.add_root("/new")
         assert s.roots() == {"/new": None}
     with sqlite3.connect(tmp_path / "xsearch.db") as conn:
@@ -306,10 +307,11 @@ def test_migrates_a_store_from_an_older_schema_version(tmp_path, version):
 def test_a_version_2_store_gains_the_reembedding_table_and_keeps_its_vectors(tmp_path):
     with Storage(tmp_path) as s:
         s.put([rec("/a", unit(1, seed=3)[0])])
-    with sqlite3.connect(tmp_path / "xsearch.db") as conn:  # as schema version 2 left it
-        for table in ("pending_vectors", "tags", "tagged", "label_vectors", "label_sets"):  # v3 and v4's tables
+    with sqlite3.connect(tmp_path / "xsearch.db") as conn:  # as schema version 2 left it: no later table
+        for table in ("pending_vectors", "tags", "tagged", "label_vectors", "label_sets", "segments"):
             conn.execute(f"DROP TABLE {table}")
-        conn.execute("DELETE FROM meta WHERE key LIKE 'count:%'")  # v5's counters
+        conn.execute("ALTER TABLE roots DROP COLUMN moments")
+        conn.execute("DELETE FROM meta WHERE key LIKE 'count:%'")  # nor the counters
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     with Storage(tmp_path) as s:
         assert int(s.get_meta("schema_version")) == SCHEMA_VERSION >= 3

@@ -129,19 +129,38 @@ class Store:
         workers: int | None = None,
         wait: bool = False,
         on_wait: Callable[[str], None] | None = None,
+        moments: bool | None = None,
+        window: Sequence[str] = (),
+        hop: Sequence[str] = (),
     ) -> IndexReport:
         """Index files and folders (all known folders when ``paths`` is empty); incremental.
 
         ``batch_size``: files embedded together (default 8 on the CPU, 64 on a GPU).
+
+        ``moments=True`` also stores windows of the folders' audio, video and IMU recordings, so that
+        ``search(..., moments=True)`` finds the place inside a long file; False stops that; None keeps
+        each folder's setting (remembered like ``modality``). ``window`` / ``hop``: ``"audio=4s/1s"``,
+        ``"video=2s"`` (window[/hop]) and ``"imu=2.5s"`` (hop) entries; they imply ``moments=True``.
 
         One index run writes to a store at a time (``<store>/index.lock``): if another holds it, this
         raises a StoreError naming its pid, or with ``wait=True`` waits for it (``on_wait`` gets a line first).
         """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        setting: dict | bool | None = None
+        if moments is not False and (moments or window or hop):
+            from xsearch.indexer.moments import settings
+
+            setting = settings(window, hop)
+        elif moments is False:
+            if window or hop:
+                raise UsageError("--window and --hop set the windows of moments: drop them, or --no-moments")
+            setting = False
         if not paths:
             if modality is not None:  # remembered per folder: a run over every folder keeps each one's own
                 raise UsageError(f"a modality applies to the folders given with it: xsearch index PATH... --modality {modality}")
+            if setting is not None:
+                raise UsageError("moments apply to the folders given with them: xsearch index PATH... --moments")
             if not self.storage.roots():
                 raise UsageError(f"{self.path}: no folders indexed yet: xsearch index PATH")
         with self._writing(wait=wait, on_wait=on_wait):
@@ -157,7 +176,7 @@ class Store:
                 self.storage, lambda: self.embedder, model_id, batch_size=batch_size, workers=workers, progress=progress
             )
             try:
-                report = indexer.run([os.fspath(p) for p in paths], modality)
+                report = indexer.run([os.fspath(p) for p in paths], modality, setting)
             finally:
                 self.storage.bind_on_first_vector({})
             if not report.interrupted:
@@ -301,6 +320,7 @@ class Store:
         glob: str | None = None,
         min_score: float | None = None,
         tags: str | Iterable[str] | None = None,
+        moments: bool = False,
     ) -> list[Hit]:
         """Search with one or more inputs, each a value, a ``(value, weight)`` pair, or a list of them.
 
@@ -308,6 +328,9 @@ class Store:
         (their stored vectors are used, nothing is re-embedded); ``vector`` takes raw embeddings.
         ``folder``, ``glob`` and ``tags`` (only items carrying every one of these tags: see ``tag``) filter
         the results; xsearch.query.filters says how each scales.
+        A file input ``"PATH#t=START,END"`` stands for that span of the file (seconds).
+        ``moments=True``: the places inside recordings indexed with moments, each hit with
+        ``start`` and ``end`` (seconds), instead of whole files.
         """
         from xsearch.query.tagged import parse_tags
 
@@ -316,6 +339,7 @@ class Store:
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=folder, glob=glob, min_score=min_score,
             tags=parse_tags(tags),
+            moments=moments,
         )
         return self.query(spec)
 
@@ -336,6 +360,8 @@ class Store:
             if i.kind == "vector" and dim is not None and len(i.value) != dim:
                 # Said of the store: the index searched first (whichever modality) is beside the point.
                 raise UsageError(f"a query vector has {len(i.value)} numbers, but this store's embeddings have {dim}")
+        if spec.tags and spec.moments:
+            raise UsageError("tags belong to whole files: a tag filter cannot be combined with moments yet")
         # Tags filter like folder and glob do, in the same candidate loop (xsearch.query.filters).
         return run_query(spec, self.storage, lambda: self.embedder, validated=True)
 
@@ -558,14 +584,17 @@ class Store:
         size = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) if self.path.is_dir() else 0
         counts = self.storage.counts()
         target = self.storage.reembed_target()  # an interrupted `xsearch reembed`, to continue
+        moments = self.storage.root_moments()
         st = {
             "store": str(self.path),
             "model": self.storage.get_meta("model") or self.model_id,
-            "roots": [{"path": p, "modality": m, "missing": not os.path.lexists(fs_path(p))}
+            "roots": [{"path": p, "modality": m, "missing": not os.path.lexists(fs_path(p)),
+                       **({"moments": True} if moments.get(p) is not None else {})}
                       for p, m in self.storage.roots().items()],
             "counts": counts,
             "reembed": None if target is None else {"model": target["model"], "done": self.storage.reembed_done(),
                                                     "total": sum(counts.values())},
+            "moments": self.storage.segment_counts(),  # stored windows per modality (--moments)
             "indexes": self.storage.index_info(),
             "store_bytes": size,
             "errors": [{"path": it.path, "reason": it.error} for it in self.storage.errors()],

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from xsearch.errors import ModelError, StoreError, UsageError, XSearchError
-from xsearch.pathnames import shown
+from xsearch.pathnames import shown, store_path
 
 app = typer.Typer(
     add_completion=False,
@@ -155,24 +155,33 @@ def index(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     wait: bool = typer.Option(False, "--wait", help="If another xsearch index is writing to the store, wait for it instead of exiting."),
+    moments: Optional[bool] = typer.Option(
+        None, "--moments/--no-moments",
+        help="Also store windows of the folders' audio, video and IMU recordings, so `query --moments` finds the "
+             "place inside a long file (remembered for each folder; --no-moments turns it off).",
+    ),
+    window: List[str] = typer.Option(None, "--window", help="Moments window per modality, optionally with its hop after a slash: audio=2s/1s, video=4s, imu=5s (default: audio and video 2s, imu 5s, hop = window). Repeatable."),
+    hop: List[str] = typer.Option(None, "--hop", help="Moments hop per modality, e.g. audio=1s. Repeatable."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Index media folders (incremental: unchanged files are not decoded again)."""
     from xsearch.indexer.progress import RichProgress
 
     with _errors():
-        if not paths and modality is None:
+        if not paths and modality is None and moments is None and not window and not hop:
             _require_indexed_folders(store)  # before opening: opening creates the store
         with _open(store, model, device=device) as s:
             bar = RichProgress() if progress and not as_json and sys.stderr.isatty() else None
             report = s.index([os.fspath(p) for p in paths or []], modality, progress=bar, batch_size=batch_size, workers=workers,
-                             wait=wait, on_wait=lambda line: err.print(_one_line(line)))
+                             wait=wait, on_wait=lambda line: err.print(_one_line(line)),
+                             moments=moments, window=window or (), hop=hop or ())
     if as_json:
         _emit_json(report.to_dict())
     else:
         out.print(
             f"embedded {report.embedded}, unchanged {report.unchanged}, moved {report.moved}, copied {report.copied}, "
             f"removed {report.removed}, failed {report.failed}, skipped {report.skipped} in {report.seconds:.1f}s"
+            + (f"; {report.segments} moments over {report.media_seconds:.1f}s of media" if report.segments else "")
             + (" (interrupted)" if report.interrupted else "")
         )
         for e in report.errors[:20]:
@@ -213,12 +222,17 @@ def reembed(
                 bar = RichProgress()
             report = s.reembed(model, progress=bar, batch_size=batch_size, workers=workers, wait=wait,
                                on_wait=lambda line: err.print(_one_line(line)))
+            # The switch drops tags made from the old model's vectors; the label sets stay, to tag again.
+            retag = [ls["name"] for ls in s.label_sets()] if report.switched else []
     if as_json:
-        _emit_json(report.to_dict())
+        _emit_json({**report.to_dict(), "label_sets_to_tag_again": retag})
     else:
         state = "switched to" if report.switched else "interrupted; run again to continue re-embedding with"
         out.print(_one_line(f"re-embedded {report.reembedded} (+{report.resumed} earlier), failed {report.failed} "
                             f"in {report.seconds:.1f}s; {state} {report.model}"))
+        for name in retag:
+            err.print(_one_line(f"  tags of label set {name} were made with the old model: "
+                                f"run `xsearch tag --name {name} --labels ...` again"))
         for e in report.errors[:20]:
             err.print(_one_line(f"  failed: {e['path']}: {e['reason']}"))
     if report.interrupted:
@@ -243,6 +257,7 @@ def query(
     glob: Optional[str] = typer.Option(None, "--glob", help="Only results matching this glob: without a '/' the file name ('*.jpg'), with one the whole path, where '*' also matches '/' ('*/2024/*.jpg': any .jpg below a folder 2024)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Only results with at least this cosine similarity."),
     tag: List[str] = typer.Option(None, "--tag", help="Only items tagged with this label (xsearch tag). Repeatable: all must hold."),
+    moments: bool = typer.Option(False, "--moments", help="Return moments (START-END inside recordings indexed with --moments) instead of files. Any file input takes a span as PATH#t=START,END."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -259,9 +274,11 @@ def query(
         inputs = [i for kind, vals in given.items() for i in as_inputs(kind, vals or None)]
         if not inputs:  # the library's message names kinds; here the flags say it better
             raise UsageError("give at least one query input (--text, --image, --audio, --video, --depth, --thermal, --imu, --like)")
+        if null and moments:  # bare names would lose each moment's span (and repeat a file once per moment)
+            raise UsageError("--null prints whole files' names; with --moments use --paths (PATH#t=START,END) or --json")
         spec = QuerySpec(
             inputs=inputs, targets=parse_targets(target), k=k, folder=os.fspath(folder) if folder else None,
-            glob=glob, min_score=min_score, tags=parse_tags(tag),
+            glob=glob, min_score=min_score, tags=parse_tags(tag), moments=moments,
         )
         spec.validate()
         # Readers never write to the store (a concurrent index run owns it); see xsearch.storage.lock.
@@ -279,15 +296,20 @@ def query(
         sys.stdout.buffer.write(b"".join(os.fsencode(fs_path(h.path)) + b"\0" for h in hits))
         sys.stdout.buffer.flush()
     elif paths_only:
+        from xsearch.query.moments import fragment
+
         for h in hits:
-            sys.stdout.write(shown(h.path) + "\n")
+            sys.stdout.write(shown(h.path if h.start is None else fragment(h.path, h.start, h.end)) + "\n")
     else:
         table = Table(show_edge=False)
         for col, just in (("#", "right"), ("score", "right"), ("modality", "left")):
             table.add_column(col, justify=just)
         table.add_column("path", overflow="fold")  # a path is never cut short with an ellipsis
+        from xsearch.query.moments import format_span
+
         for h in hits:
-            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(shown(h.path)))
+            span = "" if h.start is None else "  " + format_span(h.start, h.end)
+            table.add_row(str(h.rank), f"{h.score:.3f}", h.modality, Text(shown(h.path) + span))
         if hits:
             _print_table(table)
         else:
@@ -317,6 +339,7 @@ def status(
         out.print(_one_line(f"reembed  to {r['model']}: {r['done']} of {r['total']} done; `xsearch reembed` continues it"))
     for r in st["roots"]:
         out.print(_one_line(f"folder {r['path']}") + (f"  (as {r['modality']})" if r["modality"] else "")
+                  + ("  (moments)" if r.get("moments") else "")
                   + ("  (missing: not on disk)" if r["missing"] else ""))
     table = Table(show_edge=False)
     for col in ("modality", "items", "index", "vectors"):
@@ -327,6 +350,9 @@ def status(
         if info.get("rerank_cache_bytes"):
             index += f" + re-rank cache ({info['rerank_cache_bytes'] / 1e6:.0f} MB)"
         table.add_row(m, str(n), index, str(info.get("ntotal", "-")))
+    for m, n in sorted(st.get("moments", {}).items()):  # windows of recordings (--moments)
+        info = st["indexes"].get(f"{m}#seg", {})
+        table.add_row(f"{m} moments", str(n), str(info.get("factory", "-")), str(info.get("ntotal", "-")))
     _print_table(table)
     for ls in st.get("label_sets", []):
         counts = ", ".join(f"{lab} {n}" for lab, n in ls["counts"].items())
@@ -434,15 +460,17 @@ def classify(
 
         exists = db_path(Path(store if store is not None else default_store_path())).exists()
         # An existing store is only read (its model is the default); none is needed, so none is created for it.
-        with _open(store, model, device=device, create=not exists, read_only=exists) as s:
+        from xsearch.engine.preprocess.noise import quiet
+
+        with _open(store, model, device=device, create=not exists, read_only=exists) as s, quiet():
             results = s.classify([os.fspath(f) for f in files], names, templates=template or None, modality=modality)
     if as_json:
         _emit_json({"labels": names, "results": [r.to_dict() for r in results]})
         return
     for r in results:
-        out.print(Text(f"{r.path} ({r.modality})"))
+        out.print(Text(_one_line(f"{store_path(r.path)} ({r.modality})")))  # a name as `ls -b` shows it
         for lab, p in r.labels[:top]:
-            out.print(Text(f"  {p:8.4f}  {lab}"))
+            out.print(Text(_one_line(f"  {p:8.4f}  {lab}")))
 
 
 @app.command()
@@ -491,14 +519,16 @@ def dups(
 ) -> None:
     """List groups of near-duplicate items, each with a suggested keeper. Deletes nothing."""
     with _errors():
-        with _open(store, model, device=device, create=False, read_only=True) as s:
+        from xsearch.engine.preprocess.noise import quiet
+
+        with _open(store, model, device=device, create=False, read_only=True) as s, quiet():  # --cross decodes
             groups = s.duplicates(target=target, threshold=threshold, cross=cross, cross_threshold=cross_threshold)
     if as_json:
         _emit_json({"threshold": threshold, "groups": [g.to_dict() for g in groups]})
     elif paths_only:
         for g in groups:
             for m in g.members[1:]:
-                sys.stdout.write(m.path + "\n")
+                sys.stdout.write(shown(m.path) + "\n")
     elif not groups:
         out.print("no duplicates")
     else:

@@ -33,13 +33,14 @@ from xsearch.engine.preprocess.image import fast_decode as _fast_decode
 from xsearch.engine.preprocess.noise import capture as _capture_noise
 from xsearch.engine.preprocess.noise import quiet as _quiet
 from xsearch.errors import MediaError, ModelError, StoreError, UsageError, XSearchError
+from xsearch.indexer import moments as mo
 from xsearch.indexer.detect import AUTO, check_override, detect_modality
 from xsearch.indexer.facts import media_facts
 from xsearch.indexer.hashing import content_hash
 from xsearch.indexer.progress import NoProgress, Progress
 from xsearch.indexer.walk import Entry, walk
 from xsearch.pathnames import fs_path, store_path
-from xsearch.storage import Item, ItemRecord, Storage
+from xsearch.storage import Item, ItemRecord, SegmentRecord, Storage
 
 
 @dataclass
@@ -51,6 +52,8 @@ class IndexReport:
     removed: int = 0
     failed: int = 0  # files that could not be indexed (this run's and earlier unchanged ones)
     skipped: int = 0  # files of no modality xsearch handles
+    segments: int = 0  # moments (windows of recordings) embedded
+    media_seconds: float = 0.0  # seconds of audio, video and IMU embedded
     interrupted: bool = False
     seconds: float = 0.0
     errors: list[dict[str, str]] = field(default_factory=list)  # every file counted in `failed`, with its reason
@@ -65,6 +68,7 @@ class _Task:
     entry: Entry
     modality: str
     root: str
+    moments: dict | None = None  # the folder's moments setting for this file (None: whole file only)
 
 
 @dataclass
@@ -175,6 +179,9 @@ def _known_spelling(path: str, known: Sequence[str]) -> str:
     return store_path(fs_path(best[0]) + real[len(best[1]):])
 
 
+# Windows of one recording embedded together (32 video windows of 2 frames: ~40 MB of input).
+_SEGMENT_CHUNK = 32
+
 # Below this many parameters (the embedder's model for a modality), index runs use one torch thread.
 LIGHT_MODEL_PARAMS = 10_000_000
 
@@ -220,7 +227,7 @@ class Indexer:
 
     # ------------------------------------------------------------ planning
 
-    def _roots(self, paths: Sequence[str], modality: str | None) -> list[str]:
+    def _roots(self, paths: Sequence[str], modality: str | None, moments: dict | bool | None = None) -> list[str]:
         """The paths this run walks (outermost only); records new folders and ``--modality`` overrides.
 
         Each file belongs to the innermost indexed folder that holds it, whose override decides its
@@ -246,6 +253,12 @@ class Indexer:
             # names) keep it rather than drop it.
             if modality is not None or owner is None or _hidden_below(root, owner):
                 self.storage.add_root(root, None if modality == AUTO else modality)
+            elif moments is not None and root not in known:
+                # A folder inside an indexed one gets a moments setting of its own: it becomes an indexed
+                # folder too, keeping the outer folder's modality override.
+                self.storage.add_root(root, known[_owner(root, known)])
+            if moments is not None:
+                self.storage.set_root_moments(root, mo.encode(moments or None))
             walk_paths.append(root)
         return _outermost(walk_paths)
 
@@ -254,10 +267,12 @@ class Indexer:
         failures: list[ItemRecord] = []
         gone: dict[str, Any] = {}
         reroot: dict[str, list[int]] = {}  # unchanged items now owned by another (inner or outer) folder
+        unwindow: list[tuple[Item, str]] = []  # unchanged items whose folder no longer wants moments
         roots = self.storage.roots()
         named = {fs_path(r) for r in roots}  # hidden ones among them are walked all the same
         # A symlink to another indexed folder is not walked into: that folder lists its files, once.
         reals = {r: os.path.realpath(fs_path(r)) for r in roots}
+        setting = {r: mo.decode(m) for r, m in self.storage.root_moments().items()}
         for top in walk_paths:
             if not os.path.lexists(fs_path(top)):
                 # Moved, deleted or unmounted: keep its items (re-embedding them is costly) and say so.
@@ -283,8 +298,10 @@ class Indexer:
                 if modality is None:
                     report.skipped += 1
                     continue
+                wanted = mo.for_file(setting.get(root), modality)
                 if old is not None and old.size == entry.size and old.mtime_ns == entry.mtime_ns and old.modality == modality \
-                        and (old.status == "failed" or old.model == self.model_id) and not _retried(old):
+                        and (old.status == "failed" or (old.model == self.model_id and old.facts.get("moments") == wanted)) \
+                        and not _retried(old):
                     if old.root != root:
                         reroot.setdefault(root, []).append(old.id)
                     if old.status == "failed":
@@ -292,12 +309,25 @@ class Indexer:
                     else:
                         report.unchanged += 1
                     continue
-                todo.append(_Task(entry, modality, root))
+                if wanted is None and old is not None and old.status == "ok" and old.model == self.model_id \
+                        and (old.size, old.mtime_ns, old.modality) == (entry.size, entry.mtime_ns, modality) \
+                        and old.facts.get("moments") is not None:
+                    unwindow.append((old, root))  # moments turned off: drop the windows, keep the vector
+                    report.unchanged += 1
+                    continue
+                todo.append(_Task(entry, modality, root, wanted))
             for path, item in stored.items():
                 if path not in seen and not path.startswith(tuple(unreadable)):
                     gone[path] = item
         for root, ids in reroot.items():
             self.storage.set_root(ids, root)
+        if unwindow:
+            # Written again with their stored vectors and no windows: nothing is decoded or embedded.
+            vectors = self.storage.get_vectors([it.id for it, _ in unwindow])
+            self.storage.put([ItemRecord(
+                path=it.path, modality=it.modality, size=it.size, mtime_ns=it.mtime_ns, content_hash=it.content_hash,
+                facts={k: v for k, v in it.facts.items() if k != "moments"}, model=it.model, root=root, vector=v,
+            ) for (it, root), v in zip(unwindow, vectors)])
         return todo, failures, gone
 
     @staticmethod
@@ -343,6 +373,8 @@ class Indexer:
             if reuse is None and modality in self._lookup:
                 found = [it for it in self.storage.items_by_hash(res.hash, modality) if it.status == "ok" and it.model == self.model_id]
                 reuse = found[0] if found else None
+            if reuse is not None and reuse.facts.get("moments") != task.moments:
+                reuse = None  # windowed differently (or not at all): embed this file itself
             if reuse is not None:
                 res.reuse = reuse
                 return
@@ -351,19 +383,25 @@ class Indexer:
                 res.facts = {"chars": len(res.data), "snippet": res.data[:200]}
             else:
                 res.facts = media_facts(modality, path)
+                if task.moments is not None:
+                    res.facts["moments"] = task.moments
         except Exception as e:  # a bad file (or a decoder bug) must not stop the run; record it
             res.error = failure_reason(e, modality)
 
     # ------------------------------------------------------------ the run
 
-    def run(self, paths: Sequence[str] = (), modality: str | None = None) -> IndexReport:
+    def run(self, paths: Sequence[str] = (), modality: str | None = None,
+            moments: dict | bool | None = None) -> IndexReport:
+        """``moments``: a setting (see xsearch.indexer.moments) turns moments on for the folders given,
+        False turns them off, None keeps each folder's own."""
         t0 = time.perf_counter()
         report = IndexReport()
         with _quiet():  # decoder noise is kept with each file, off the terminal (see preprocess.noise)
-            return self._run(paths, modality, t0, report)
+            return self._run(paths, modality, moments, t0, report)
 
-    def _run(self, paths: Sequence[str], modality: str | None, t0: float, report: IndexReport) -> IndexReport:
-        todo, failures, gone = self._plan(self._roots(paths, modality), report)
+    def _run(self, paths: Sequence[str], modality: str | None, moments: dict | bool | None, t0: float,
+             report: IndexReport) -> IndexReport:
+        todo, failures, gone = self._plan(self._roots(paths, modality, moments), report)
         # Moved files are matched to vanished items of the same content.
         by_hash = {(it.content_hash, it.modality): it for it in gone.values() if it.status == "ok" and it.content_hash and it.model == self.model_id}
         self.progress.start(len(todo) + len(failures), "indexing")
@@ -438,11 +476,12 @@ class Indexer:
             self.storage.move(src.id, e.path, size=e.size, mtime_ns=e.mtime_ns, root=res.task.root)
             report.moved += 1
             return
-        # A copy (or a touched file whose content is unchanged): take the stored vector.
+        # A copy (or a touched file whose content is unchanged): take the stored vector (and windows).
         vec = self.storage.get_vectors([src.id])[0]
         record = ItemRecord(
             path=e.path, modality=src.modality, size=e.size, mtime_ns=e.mtime_ns, content_hash=res.hash,
             facts=src.facts, model=src.model, root=res.task.root, vector=vec, error=None,
+            segments=self.storage.item_segments(src.id, vectors=True) if res.task.moments else None,
         )
         self._remember(record, self.storage.put([record]))
         if src.path == e.path:
@@ -471,16 +510,67 @@ class Indexer:
                 pending[modality] = [r]
                 self._flush_batch(modality, pending, report)
             return
-        records = [
-            ItemRecord(
+        records = []
+        for r, v in zip(batch, vectors):
+            segments = None
+            if r.task.moments is not None:
+                try:
+                    segments = self._segments(r)
+                except MediaError as e:
+                    self._write_failures([self._failure(r.task.entry, modality, r.task.root, f"moments: {e.reason}",
+                                                        r.hash)], report)
+                    continue
+            records.append(ItemRecord(
                 path=r.task.entry.path, modality=modality, size=r.task.entry.size, mtime_ns=r.task.entry.mtime_ns,
                 content_hash=r.hash, facts=r.facts, model=self.model_id, root=r.task.root, vector=v, error=None,
-            )
-            for r, v in zip(batch, vectors)
-        ]
+                segments=segments,
+            ))
+        if not records:
+            return
         self._remember(records, self.storage.put(records))
         report.embedded += len(records)
+        report.segments += sum(len(r.segments or ()) for r in records)
+        seconds = sum(max((sg.end for sg in r.segments or ()), default=0.0) or float(r.facts.get("duration") or 0)
+                      for r in records if r.modality in mo.MOMENT_MODALITIES)
+        report.media_seconds += seconds
         self.progress.advance(len(records))
+        media = getattr(self.progress, "media", None)
+        if media is not None and seconds:
+            media(seconds)
+
+    def _segments(self, res: _Result) -> list[SegmentRecord]:
+        """Embed a file's windows a chunk at a time: a long recording never sits in memory whole."""
+        from xsearch.engine.preprocess.moments import windows
+
+        out: list[SegmentRecord] = []
+        for kind, seg_modality in mo.kinds(res.task.modality):
+            if seg_modality not in res.task.moments:
+                continue
+            window, hop = res.task.moments[seg_modality]
+            chunk: list[Any] = []
+            spans: list[tuple[float, float]] = []
+            try:
+                for start, end, x in windows(kind, res.task.entry.fspath, window, hop):
+                    chunk.append(x)
+                    spans.append((start, end))
+                    if len(chunk) >= _SEGMENT_CHUNK:
+                        out += self._embed_windows(seg_modality, chunk, spans)
+                        chunk, spans = [], []
+            except MediaError:
+                if kind != "video-audio":
+                    raise
+                # A video's broken sound track: its frames' windows still stand; its sound has none.
+                out = [sg for sg in out if sg.modality != seg_modality]
+                chunk, spans = [], []
+            if chunk:
+                out += self._embed_windows(seg_modality, chunk, spans)
+        return out
+
+    def _embed_windows(self, modality: str, chunk: list[Any], spans: list[tuple[float, float]]) -> list[SegmentRecord]:
+        if not self._threads_tuned:
+            self._tune_threads(modality)
+        vectors = self.embedder.embed_tensors(modality, chunk)  # a list: windows may differ in clip count
+        return [SegmentRecord(modality, round(s, 6), round(e, 6), v) for (s, e), v in zip(spans, vectors)]
 
     def _remember(self, records: ItemRecord | list[ItemRecord], ids: list[int]) -> None:
         """Note the ok items just committed, so later files of the same content reuse them without a query."""

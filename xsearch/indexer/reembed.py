@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from xsearch.engine.preprocess.noise import capture, quiet
 from xsearch.errors import MediaError, ModelError, StoreError, UsageError
 from xsearch.indexer.pipeline import (
     _default_workers,
@@ -67,7 +68,8 @@ class Reembedder:
         self.progress.start(report.resumed + len(todo), "re-embedding")
         self.progress.advance(report.resumed)
         try:
-            self._embed_all(todo, report)
+            with quiet():  # decoder noise stays off the terminal, as in an index run (see preprocess.noise)
+                self._embed_all(todo, report)
             counts = self.storage.switch_reembed()
             report.switched = True
             report.failed = counts["failed"]
@@ -82,7 +84,8 @@ class Reembedder:
         try:
             if not os.path.exists(fs_path(item.path)):
                 raise MediaError(item.path, "no longer on disk; the next `xsearch index` forgets it")
-            return item, load_input(self.embedder, item.modality, fs_path(item.path), self.fast_decode), None
+            with capture(item.path):  # what a decoder prints is this file's, not the terminal's
+                return item, load_input(self.embedder, item.modality, fs_path(item.path), self.fast_decode), None
         except Exception as e:  # recorded with the item, which is failed after the switch
             return item, None, failure_reason(e, item.modality)
 

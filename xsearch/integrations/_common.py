@@ -21,7 +21,18 @@ def search_kwargs(query: str, query_as: str, k: int, target: Any, filters: dict[
 
         found = detect_modality(query) if os.path.isfile(query) else None
         kind = found if found in QUERY_KINDS else "text"
+        if found == "text":  # a text file: its content is the query, not its name
+            from xsearch.engine.preprocess.text import load_text
+
+            query = load_text(query)
     return {kind: query, "k": k, "target": target, **filters}
+
+
+def hit_id(hit: Any) -> str:
+    """A hit's id in a framework: the item's, plus its span for a moment (several moments of one file
+    are different results, which deduplication must not merge)."""
+    start = getattr(hit, "start", None)
+    return str(hit.id) if start is None else f"{hit.id}#t={start:g},{hit.end:g}"
 
 
 def hit_metadata(hit: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
-from xsearch.integrations._common import hit_metadata, hit_text, search_kwargs
+from xsearch.integrations._common import hit_id, hit_metadata, hit_text, search_kwargs
 
 
 class XSearchRetriever(BaseRetriever):
@@ -43,4 +43,4 @@ class XSearchRetriever(BaseRetriever):
         target = kwargs.pop("target", self.target)
         query_as = kwargs.pop("query_as", self.query_as)
         hits = self.store.search(**search_kwargs(query, query_as, k, target, {**self.filters, **kwargs}))
-        return [Document(page_content=hit_text(h), metadata=hit_metadata(h), id=str(h.id)) for h in hits]
+        return [Document(page_content=hit_text(h), metadata=hit_metadata(h), id=hit_id(h)) for h in hits]

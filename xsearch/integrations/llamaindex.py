@@ -13,7 +13,7 @@ from typing import Any
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle, TextNode
 
-from xsearch.integrations._common import QUERY_KINDS, hit_metadata, hit_text, search_kwargs
+from xsearch.integrations._common import QUERY_KINDS, hit_id, hit_metadata, hit_text, search_kwargs
 from xsearch.errors import UsageError
 
 
@@ -41,8 +41,8 @@ class XSearchRetriever(BaseRetriever):
         for h in self.store.search(**args):
             meta = hit_metadata(h)
             if h.modality == "image":
-                node = ImageNode(id_=f"xsearch:{h.id}", text=hit_text(h), image_path=h.path, metadata=meta)
+                node = ImageNode(id_=f"xsearch:{hit_id(h)}", text=hit_text(h), image_path=h.path, metadata=meta)
             else:
-                node = TextNode(id_=f"xsearch:{h.id}", text=hit_text(h), metadata=meta)
+                node = TextNode(id_=f"xsearch:{hit_id(h)}", text=hit_text(h), metadata=meta)
             out.append(NodeWithScore(node=node, score=float(h.score)))
         return out

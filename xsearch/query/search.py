@@ -22,10 +22,13 @@ class Hit:
     modality: str
     id: int
     facts: dict = field(default_factory=dict)
+    start: float | None = None  # a moment's span in seconds (None: the whole file)
+    end: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        span = {} if self.start is None else {"start": self.start, "end": self.end}
         return {"rank": self.rank, "score": self.score, "path": self.path, "modality": self.modality, "id": self.id,
-                "facts": self.facts}
+                **span, "facts": self.facts}
 
 
 def compose(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -59,13 +62,19 @@ def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Call
         likes = like_items(inputs, storage)
     out: list[np.ndarray | None] = [None] * len(inputs)
     by_kind: dict[str, list[int]] = {}
+    spans: list[int] = []  # inputs naming a span of a file (PATH#t=START,END)
     for i, inp in enumerate(inputs):
         if inp.kind == "vector":
             out[i] = _unit(inp.value)
+        elif inp.start is not None:
+            spans.append(i)
+            if inp.kind != "like":
+                _check_file(inp.value, inp.kind)
         elif inp.kind != "like":
             by_kind.setdefault(inp.kind, []).append(i)
-    if likes:  # every like input's stored vector in one read
-        for i, v in zip(likes, storage.get_vectors([it.id for it in likes.values()])):
+    whole = {i: it for i, it in likes.items() if inputs[i].start is None}  # (a span's vector is its windows')
+    if whole:  # every like input's stored vector in one read
+        for i, v in zip(whole, storage.get_vectors([it.id for it in whole.values()])):
             out[i] = _unit(v)
     for kind, idx in by_kind.items():  # before the model loads: a typo should not cost a model load
         if kind != "text":
@@ -78,6 +87,12 @@ def input_vectors(inputs: list[QueryInput], storage: Storage, get_embedder: Call
             vecs = embedder.embed(kind, values)
             for i, v in zip(idx, vecs):
                 out[i] = _unit(v)
+    if spans:
+        from xsearch.query.moments import span_vector
+
+        for i in spans:
+            item = likes.get(i)  # a like input's item, looked up once
+            out[i] = _unit(span_vector(inputs[i], storage, get_embedder, item))
     dims = {len(v) for v in out}
     if len(dims) > 1:
         raise UsageError(f"query vectors have different dimensions {sorted(dims)}")
@@ -144,7 +159,12 @@ def run_query(spec: QuerySpec, storage: Storage, get_embedder: Callable[[], Any]
     likes = like_items(spec.inputs, storage)
     vectors = input_vectors(spec.inputs, storage, get_embedder, likes)
     q = compose(vectors, np.array([i.weight for i in spec.inputs]))
-    return search_vector(q, spec, storage, exclude=[it.id for it in likes.values()])
+    if spec.moments:
+        from xsearch.query.moments import search_moments
+
+        return search_moments(q, spec, storage)
+    # A like of a span excludes only that span (from moments), not its whole file.
+    return search_vector(q, spec, storage, exclude=[it.id for i, it in likes.items() if spec.inputs[i].start is None])
 
 
 def search_vector(q: np.ndarray, spec: QuerySpec, storage: Storage, *,

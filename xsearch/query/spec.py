@@ -44,10 +44,13 @@ class QueryInput:
     kind: str
     value: Any
     weight: float = 1.0
+    start: float | None = None  # a span of the file (PATH#t=START,END), seconds; None: the whole file
+    end: float | None = None
 
     def describe(self) -> dict[str, Any]:
         value = f"<vector dim={len(self.value)}>" if self.kind == "vector" else self.value
-        return {"kind": self.kind, "value": value, "weight": self.weight}
+        span = {} if self.start is None else {"start": self.start, "end": self.end}
+        return {"kind": self.kind, "value": value, "weight": self.weight, **span}
 
 
 def check_weight(weight: Any, what: str, shown: str | None = None) -> float:
@@ -112,6 +115,12 @@ def as_inputs(kind: str, values: Any) -> list[QueryInput]:
         else:
             value, weight = parse_weighted(_value(kind, v), is_path=(kind != "text"))
             out.append(QueryInput(kind, value, weight))
+    if kind != "text":
+        from xsearch.query.moments import split_fragment
+
+        for inp in out:
+            if isinstance(inp.value, str):  # (an item id names no span)
+                inp.value, inp.start, inp.end = split_fragment(kind, inp.value)
     return out
 
 
@@ -175,11 +184,13 @@ class QuerySpec:
     glob: str | None = None  # only results whose path matches this glob
     min_score: float | None = None
     tags: tuple[str, ...] = ()  # only items carrying every one of these tags (xsearch.storage.tags)
+    moments: bool = False  # return moments (spans of recordings indexed with moments) instead of files
 
     @property
     def exclude(self) -> tuple[str | int, ...]:
-        """Never returned: the ``like`` inputs themselves, paths or item ids ("more like this", not "this")."""
-        return tuple(i.value for i in self.inputs if i.kind == "like")
+        """Never returned: the ``like`` inputs themselves, paths or item ids ("more like this", not "this");
+        a ``like`` of a span excludes only that span (from moments)."""
+        return tuple(i.value for i in self.inputs if i.kind == "like" and i.start is None)
 
     def validate(self) -> None:
         """Raise a UsageError for a spec that cannot be run (no inputs, empty text, bad weights or k)."""
@@ -211,4 +222,5 @@ class QuerySpec:
             "k": self.k,
             "filters": {"folder": self.folder, "glob": self.glob, "min_score": self.min_score,
                         **({"tags": list(self.tags)} if self.tags else {})},
+            **({"moments": True} if self.moments else {}),
         }

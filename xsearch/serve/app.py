@@ -57,9 +57,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 200 * 1000 * 1000
 MAX_K = 1000
 UPLOAD_MODALITIES = ("image", "audio", "video", "depth", "thermal", "imu")
 FILE_FIELDS = ("text", *UPLOAD_MODALITIES)  # a text file uploaded under "text" is read as the indexer reads it
-JSON_KEYS = ("text", "like", "vector", "target", "k", "filters")
+JSON_KEYS = ("text", "like", "vector", "target", "k", "filters", "moments")
 FILTER_KEYS = ("folder", "glob", "min_score", "tags")
-FORM_FIELDS = ("text", "like", "target", "k") + FILTER_KEYS + tuple(f"{m}_weight" for m in FILE_FIELDS)
+FORM_FIELDS = ("text", "like", "target", "k", "moments") + FILTER_KEYS + tuple(f"{m}_weight" for m in FILE_FIELDS)
 # What the API says of a failed file it does not serve: the indexer's reason may quote the file's content.
 WITHHELD_REASON = ("could not be indexed; the reason is not shown for a file this server does not serve "
                    "(`xsearch status` on the server shows it)")
@@ -201,6 +201,7 @@ class SearchRequest:
     tags: list[str] = field(default_factory=list)  # only items carrying every one of these tags
     labels: dict[str, str] = field(default_factory=dict)  # temp path -> uploaded file name
     text_files: dict[str, str] = field(default_factory=dict)  # an uploaded text file's content -> its name
+    moments: bool = False  # results are moments (start/end inside recordings) instead of files
 
     def add(self, kind: str, value: Any) -> None:
         self.inputs.setdefault(kind, []).append(value)
@@ -223,7 +224,8 @@ class SearchRequest:
                 inputs.append(d)
         filters = {"folder": self.folder, "glob": self.glob, "min_score": self.min_score,
                    **({"tags": self.tags} if self.tags else {})}
-        return {"inputs": inputs, "target": self.target, "k": self.k, "filters": filters}
+        return {"inputs": inputs, "target": self.target, "k": self.k, "filters": filters,
+                **({"moments": True} if self.moments else {})}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -326,6 +328,10 @@ def parse_json_search(body: Any) -> SearchRequest:
         req.target = _parse_target(body["target"])
     if "k" in body:
         req.k = _parse_k(body["k"])
+    if body.get("moments") is not None:
+        if not isinstance(body["moments"], bool):
+            raise ApiError(422, f"moments must be true or false, not {show(body['moments'])}")
+        req.moments = body["moments"]
     filters = body.get("filters") or {}
     if not isinstance(filters, dict) or set(filters) - set(FILTER_KEYS):
         raise ApiError(422, f"filters must be an object with keys among {', '.join(FILTER_KEYS)}, not {show(filters)}")
@@ -403,6 +409,11 @@ def parse_form_search(form: FormData, tmpdir: str) -> SearchRequest:
         req.target = [t for t in fields["target"] if t.strip()] or "all"
     if fields.get("k"):
         req.k = _parse_k(fields["k"][-1])
+    if fields.get("moments"):
+        flag = fields["moments"][-1].strip().lower()
+        if flag not in ("1", "true", "on", "0", "false", "off", ""):
+            raise ApiError(422, f"moments must be true or false, not {show(fields['moments'][-1])}")
+        req.moments = flag in ("1", "true", "on")
     # "tags" may be repeated (all must hold); the other filters take their last value.
     _set_filters(req, {key: fields[key] if key == "tags" else fields[key][-1] for key in FILTER_KEYS if fields.get(key)})
     for modality in FILE_FIELDS:
@@ -538,7 +549,7 @@ class SecurityHeaders:
 
 
 class SameOriginWrites:
-    """403 for a POST made by another site's page. A form or fetch on any web page can POST to a loopback
+    """403 for a POST (or any /api/ request) made by another site's page. A form or fetch on any web page can POST to a loopback
     server without a token (it cannot read the answer, but it runs the model); browsers say where a request
     comes from in Sec-Fetch-Site, older ones in Origin. Clients that are not browsers send neither."""
 
@@ -546,7 +557,9 @@ class SameOriginWrites:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+        # Every method under /api/ too: GET /api/duplicates?cross=true runs the model.
+        if scope["type"] == "http" and (scope["method"] not in ("GET", "HEAD", "OPTIONS")
+                                        or scope.get("path", "").startswith("/api/")):
             headers = dict(scope["headers"])
             site, origin = headers.get(b"sec-fetch-site"), headers.get(b"origin")
             if site is not None:
@@ -653,6 +666,11 @@ class _Service:
         # from the database; the loaded snapshot stays consistent until the run finishes and saves.
         if not is_locked(store.path):
             store.storage.refresh()
+            stored = store.storage.get_meta("model")
+            if stored is not None and stored != store.model_id and store.storage.dim is not None:
+                # Another process switched the store to another model (`xsearch reembed`): serve with it.
+                self._model_option = None
+                self._reopen()
 
     def _reopen(self) -> None:
         """The database file was replaced (store deleted and created again): open the new one."""
@@ -751,17 +769,21 @@ class _Service:
         # like/vector searches never touch the model (and storage searches are thread-safe): no queue for them.
         with self.model_lock if needs_model else contextlib.nullcontext():
             hits = store.search(**req.inputs, target=req.target, k=req.k, folder=req.folder, glob=req.glob,
-                                min_score=req.min_score, tags=req.tags or None)
+                                min_score=req.min_score, tags=req.tags or None, moments=req.moments)
         roots = self.real_roots(store)
-        return self.with_tags(store, [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts)
-                                      for h in hits])
+        out = [self.describe_item(h, roots, score=h.score, rank=h.rank, facts=h.facts) for h in hits]
+        for d, h in zip(out, hits):
+            if h.start is not None and d["media_url"] is not None:  # a moment: its span (players start there)
+                d.update(start=h.start, end=h.end)
+        return self.with_tags(store, out)
 
     @staticmethod
     def with_tags(store: Any, described: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each described item with its current tags (``[{"label", "prob", "set"}]``)."""
         tags = store.tags_of([d["id"] for d in described])
         for d in described:
-            d["tags"] = tags.get(d["id"], [])
+            # Tags are read from the file's content: nothing of a file this server does not serve.
+            d["tags"] = tags.get(d["id"], []) if d["media_url"] is not None else []
         return described
 
     def duplicates(self, target: str, threshold: float, cross: bool, cross_threshold: float | None) -> list[dict[str, Any]]:
@@ -1075,6 +1097,9 @@ _SEARCH_BODY_DOC = {
                         "folder": {"type": "string"}, "glob": {"type": "string"}, "min_score": {"type": "number"},
                         "tags": {"description": "Only items carrying every one of these tags (xsearch tag)",
                                  "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}},
+                    "moments": {"type": "boolean", "default": False, "description": (
+                        "Return moments inside recordings indexed with --moments: each result then has "
+                        "start and end (seconds). like and file inputs take a span as PATH#t=START,END")},
                 },
                 "example": {"text": "a dog", "target": "image", "k": 10},
             }
@@ -1091,6 +1116,7 @@ _SEARCH_BODY_DOC = {
                     "k": {"type": "integer"}, "folder": {"type": "string"}, "glob": {"type": "string"},
                     "min_score": {"type": "number"},
                     "tags": {"type": "string", "description": "A required tag; repeat the field for several"},
+                    "moments": {"type": "boolean"},
                 },
             }
         },

@@ -5,7 +5,7 @@ asks it to search.
 """
 from xsearch.storage.faiss_index import IndexPolicy
 from xsearch.storage.migrations import SCHEMA_VERSION
-from xsearch.storage.records import FAILED, OK, Item, ItemRecord
+from xsearch.storage.records import FAILED, OK, Item, ItemRecord, Segment, SegmentRecord
 from xsearch.storage.store import Storage
 
-__all__ = ["FAILED", "OK", "SCHEMA_VERSION", "IndexPolicy", "Item", "ItemRecord", "Storage"]
+__all__ = ["FAILED", "OK", "SCHEMA_VERSION", "IndexPolicy", "Item", "ItemRecord", "Segment", "SegmentRecord", "Storage"]

@@ -28,6 +28,7 @@ roots = sa.Table(
     sa.Column("path", sa.String(4096), primary_key=True),
     sa.Column("modality", sa.String(32), nullable=True),  # None: decide per file
     sa.Column("added_at", sa.Float, nullable=False),
+    sa.Column("moments", sa.Text, nullable=True),  # JSON {modality: [window, hop]} of --moments; None: off
 )
 
 items = sa.Table(
@@ -55,6 +56,20 @@ vectors = sa.Table(
     metadata,
     sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),  # raw little-endian float16/float32, dtype in meta
+)
+
+# Moments: windows of an item's recording, each with its own vector (same format as `vectors`). An
+# audio or video file's windows, and a video's audio track as audio windows (modality "audio").
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("modality", sa.String(32), nullable=False, index=True),
+    sa.Column("start", sa.Float, nullable=False),  # seconds from the start of the file
+    sa.Column("end", sa.Float, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 

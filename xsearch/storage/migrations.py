@@ -132,17 +132,40 @@ def _v4_tags(conn: sa.Connection) -> None:
     conn.execute(sa.text("UPDATE items SET indexed_at = :t WHERE indexed_at IS NULL"), {"t": time.time()})
 
 
-def _v5_counts(conn: sa.Connection) -> None:
-    """Per-modality counts of ok items in meta (``count:<modality>``), kept from now on by every write in the
-    same transaction as the modality's write counter, so that neither a query nor ``status`` counts rows."""
-    rows = conn.execute(sa.text("SELECT modality, count(*) FROM items WHERE status = 'ok' GROUP BY modality")).all()
+def _v5_segments(conn: sa.Connection) -> None:
+    """Moments: windows of long recordings (start/end in seconds) with their own vectors, and the
+    per-folder setting that asks for them (JSON, None: off)."""
+    md = sa.MetaData()
+    sa.Table(
+        "segments",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("modality", sa.String(32), nullable=False, index=True),
+        sa.Column("start", sa.Float, nullable=False),
+        sa.Column("end", sa.Float, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+        sqlite_autoincrement=True,
+    )
+    sa.Table("items", md, sa.Column("id", sa.Integer, primary_key=True))  # for the foreign key only
+    md.create_all(conn, tables=[md.tables["segments"]])
+    _add_column(conn, "roots", sa.Column("moments", sa.Text, nullable=True))
+
+
+def _v6_counts(conn: sa.Connection) -> None:
+    """Per-index counts in meta, kept from now on by every write in the same transaction as the index's write
+    counter, so that neither a query nor ``status`` counts rows: ``count:<modality>``, its ok items, and
+    ``count:<modality>#seg``, its stored windows (moments)."""
+    items = conn.execute(sa.text("SELECT modality, count(*) FROM items WHERE status = 'ok' GROUP BY modality")).all()
+    windows = conn.execute(sa.text("SELECT modality, count(*) FROM segments GROUP BY modality")).all()
     conn.execute(sa.text("DELETE FROM meta WHERE key LIKE 'count:%'"))  # a store put back to an older version
-    for modality, n in rows:
-        conn.execute(sa.text("INSERT INTO meta (key, value) VALUES (:k, :v)"), {"k": f"count:{modality}", "v": str(n)})
+    for key, n in [*items, *((f"{m}#seg", n) for m, n in windows)]:
+        conn.execute(sa.text("INSERT INTO meta (key, value) VALUES (:k, :v)"), {"k": f"count:{key}", "v": str(n)})
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_v1_initial, _v2_roots, _v3_pending_vectors, _v4_tags,
-                                                  _v5_counts]
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [
+    _v1_initial, _v2_roots, _v3_pending_vectors, _v4_tags, _v5_segments, _v6_counts,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -41,3 +41,25 @@ class ItemRecord:
     root: str | None = None
     vector: np.ndarray | None = None  # L2-normalised embedding, shape (d,)
     error: str | None = None  # set (with vector None) for a file that could not be embedded
+    segments: list[SegmentRecord] | None = None  # moments: windows of the recording (replace the old ones)
+
+
+@dataclass
+class SegmentRecord:
+    """One window of a recording: its modality ("audio" also for a video's sound), span and vector."""
+
+    modality: str
+    start: float  # seconds
+    end: float
+    vector: np.ndarray
+
+
+@dataclass
+class Segment:
+    """A stored window of an item (no vector)."""
+
+    id: int
+    item_id: int
+    modality: str
+    start: float
+    end: float

@@ -7,9 +7,9 @@ Concurrency model:
 - searches take only the index's read lock, so many threads can search while another writes.
 A write counter per modality ("gen:<modality>" in meta, bumped in the same transaction as the change) says
 which database state an index reflects; an index whose counter differs is rebuilt from the database. Beside
-it, "count:<modality>" is the modality's number of ok items, moved by the same transactions: what a query
-searches, what `status` shows and what a loading index is checked against come from these few meta rows,
-never from counting the items.
+it, "count:<modality>" is the modality's number of ok items ("count:<modality>#seg": its stored windows),
+moved by the same transactions: what a query searches, what `status` shows and what a loading index is
+checked against come from these few meta rows, never from counting the items.
 Indexes are loaded on first use of their modality (search, write, index_info, load_indexes), so a
 command that searches images never reads the audio index; that load is where a missing, damaged or
 stale file is noticed and rebuilt.
@@ -37,14 +37,18 @@ from xsearch.errors import StoreError, UsageError
 from xsearch.storage import db, migrations, sqlite
 from xsearch.storage import vectors as vec
 from xsearch.storage.db import items as T_items
+from xsearch.storage.db import label_vectors as T_label_vectors
 from xsearch.storage.db import meta as T_meta
 from xsearch.storage.db import pending_vectors as T_pending
 from xsearch.storage.db import roots as T_roots
+from xsearch.storage.db import segments as T_segments
+from xsearch.storage.db import tagged as T_tagged
+from xsearch.storage.db import tags as T_tags
 from xsearch.storage.db import vectors as T_vectors
 from xsearch.storage.faiss_index import IndexFileError, IndexPolicy, ModalityIndex, build, ivf_kind, remove_files
 from xsearch.storage.files import PathInTheWay, abandoned_temp_files, check_index_dir
 from xsearch.storage.lock import is_locked
-from xsearch.storage.records import FAILED, OK, Item, ItemRecord
+from xsearch.storage.records import FAILED, OK, Item, ItemRecord, Segment, SegmentRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,10 @@ INDEX_DIRNAME = "index"
 _REEMBED_META = ("reembed:model", "reembed:model_name", "reembed:dim", "reembed:vector_dtype")
 RESERVED_META = {migrations.SCHEMA_VERSION_KEY, "dim", "vector_dtype", *_REEMBED_META}
 _MODALITY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # it names the index files
+# Moments (windows of recordings) live in indexes of their own, "<modality>#seg": '#' never occurs in a
+# modality's name, so a segment index can never share files with an item index.
+SEG_SUFFIX = "#seg"
+_INDEX_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}(?:#seg)?$")
 _IN_CHUNK = 900  # ids per IN (...) list: under SQLite's oldest variable limit (999)
 _CHECK_ROWS = 8_192  # stored vectors compared with the re-rank cache at a time (16 MB at 1024-d float16)
 _DECODE_ROWS = 256  # rows decoded at a time to check them: temporaries stay in the CPU cache (~10x faster)
@@ -163,6 +171,16 @@ class Storage:
             done = conn.execute(sa.update(T_roots).where(T_roots.c.path == path).values(modality=modality)).rowcount
             if not done:
                 conn.execute(sa.insert(T_roots).values(path=path, modality=modality, added_at=time.time()))
+
+    def set_root_moments(self, path: str, moments: str | None) -> None:
+        """Remember a folder's moments setting (JSON text, None: off); the folder must be known."""
+        with self._write() as conn:
+            conn.execute(sa.update(T_roots).where(T_roots.c.path == path).values(moments=moments))
+
+    def root_moments(self) -> dict[str, str | None]:
+        """Each indexed folder's moments setting (JSON text, None: off)."""
+        with self._connect() as conn:
+            return {r.path: r.moments for r in conn.execute(sa.select(T_roots.c.path, T_roots.c.moments))}
 
     def roots(self) -> dict[str, str | None]:
         with self._connect() as conn:
@@ -300,10 +318,48 @@ class Storage:
             rows = [r for r in rows if fnmatch.fnmatchcase(r.path if whole_path else os.path.basename(r.path), glob)]
         return np.array([r.id for r in rows], dtype=np.int64)
 
+    def segments(self, ids: Sequence[int]) -> list[Segment]:
+        """Stored windows in the order given; ids that no longer exist are skipped."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, Segment] = {}
+        cols = (T_segments.c.id, T_segments.c.item_id, T_segments.c.modality, T_segments.c.start, T_segments.c.end)
+        with self._connect() as conn:
+            for chunk in _chunks(sorted(set(wanted)), _IN_CHUNK):
+                for r in conn.execute(sa.select(*cols).where(T_segments.c.id.in_(chunk))):
+                    found[r.id] = Segment(r.id, r.item_id, r.modality, r.start, r.end)
+        return [found[i] for i in wanted if i in found]
+
+    def item_segments(self, item_id: int, *, vectors: bool = False) -> list[SegmentRecord] | list[Segment]:
+        """An item's windows by start (with their stored vectors as SegmentRecords when `vectors`)."""
+        cols = [T_segments.c.id, T_segments.c.modality, T_segments.c.start, T_segments.c.end, T_segments.c.data]
+        query = (sa.select(*cols).where(T_segments.c.item_id == int(item_id))
+                 .order_by(T_segments.c.modality, T_segments.c.start, T_segments.c.id))
+        with self._connect() as conn:
+            rows = conn.execute(query).all()
+        if not vectors:
+            return [Segment(r.id, int(item_id), r.modality, r.start, r.end) for r in rows]
+        fmt = self._format or self._refresh_format()
+        x = vec.decode([r.data for r in rows], fmt[1], fmt[0]) if fmt else np.zeros((0, 0), np.float32)
+        return [SegmentRecord(r.modality, r.start, r.end, v) for r, v in zip(rows, x)]
+
+    def segment_ids(self, modality: str, item_ids: np.ndarray) -> np.ndarray:
+        """Sorted ids of the `modality` windows of these items (to restrict a segment search)."""
+        out: list[int] = []
+        with self._connect() as conn:
+            for chunk in _chunks(np.asarray(item_ids, dtype=np.int64).tolist(), _IN_CHUNK):
+                out += conn.execute(sa.select(T_segments.c.id).where(
+                    T_segments.c.item_id.in_(chunk), T_segments.c.modality == modality)).scalars().all()
+        return np.array(sorted(out), dtype=np.int64)
+
+    def segment_counts(self) -> dict[str, int]:
+        """Number of stored windows per segment modality, from the counters."""
+        with self._connect() as conn:
+            return {seg_modality(m): n for m, n in _counts(conn).items() if n > 0 and is_seg_key(m)}
+
     def counts(self) -> dict[str, int]:
         """Number of ok items per modality (modalities with none left out), from the per-modality counters."""
         with self._connect() as conn:
-            return {m: n for m, n in _counts(conn).items() if n > 0}
+            return {m: n for m, n in _counts(conn).items() if n > 0 and not is_seg_key(m)}
 
     def search_targets(self, wanted: Sequence[str] | None = None) -> dict[str, int]:
         """{modality: vectors} for the modalities a query searches: those of `wanted` (None: every modality)
@@ -318,7 +374,8 @@ class Storage:
             else:
                 with self._connect() as conn:
                     counts = _counts(conn)
-            sizes = {m: counts.get(m, 0) for m in (counts if wanted is None else wanted)}
+            names = [m for m in counts if not is_seg_key(m)] if wanted is None else wanted
+            sizes = {m: counts.get(m, 0) for m in names}
         return {m: n for m, n in sizes.items() if n > 0}
 
     def ids_with_prefix(self, prefix: str, *, limit: int | None = None,
@@ -370,6 +427,10 @@ class Storage:
                 raise ValueError(f"{r.path}: an ItemRecord needs a vector or an error")
         good = [r for r in batch if r.error is None]
         x = _stack(good, self._where) if good else None
+        segs = [(r.path, sg) for r in good for sg in (r.segments or ())]
+        for _, sg in segs:
+            _check_modality(sg.modality)
+        sx = _stack([sg for _, sg in segs], self._where) if segs else None
         now = time.time()
         with self._mutex, _interrupt_deferred():
             with self._write() as conn:
@@ -392,6 +453,9 @@ class Storage:
                     conn.execute(sa.delete(T_vectors).where(T_vectors.c.item_id.in_(chunk)))
                     conn.execute(sa.delete(T_pending).where(T_pending.c.item_id.in_(chunk)))  # of the old content
                 changes: dict[str, _Change] = {}
+                # A changed file's old windows go with its old vector (they are recomputed or dropped).
+                for key, ids in _delete_segments(conn, old_ids).items():
+                    changes[key] = _Change(ids)
                 for ident, modality, status in old.values():
                     if status == OK:
                         changes.setdefault(modality, _Change([])).removed.append(ident)
@@ -406,11 +470,30 @@ class Storage:
                         sel = mods == modality
                         removals = changes.get(str(modality), _Change([])).removed
                         changes[str(modality)] = _Change(removals, new_ids[sel].tolist(), stored[sel], raw[sel])
+                if segs:
+                    self._insert_segments(conn, fmt, [id_of[p] for p, _ in segs], [sg for _, sg in segs], sx, changes)
                 gens = _bump_gens(conn, {m: len(c.added or ()) - len(c.removed) for m, c in changes.items()})
             if good:
                 self._format = fmt  # committed: the first vectors have fixed the store's format
             self._apply(changes, gens)
         return [id_of[r.path] for r in records]
+
+    def _insert_segments(self, conn: sa.Connection, fmt: tuple[int, str], item_ids: list[int],
+                         segs: list[SegmentRecord], sx: np.ndarray, changes: dict[str, _Change]) -> None:
+        if sx.shape[1] != fmt[0]:
+            raise StoreError(f"{self._where}: segment vectors have {sx.shape[1]} dimensions but this store holds "
+                             f"{fmt[0]}-dimensional vectors; every vector in a store must come from the same model")
+        raw = vec.encode_rows(sx, fmt[1])
+        rows = [{"item_id": int(i), "modality": sg.modality, "start": float(sg.start), "end": float(sg.end),
+                 "data": r.tobytes()} for i, sg, r in zip(item_ids, segs, raw)]
+        stmt = sa.insert(T_segments).returning(T_segments.c.id, sort_by_parameter_order=True)
+        new_ids = np.array([r[0] for r in conn.execute(stmt, rows)], dtype=np.int64)
+        stored = vec.stored(sx, fmt[1])
+        mods = np.array([sg.modality for sg in segs])
+        for modality in np.unique(mods):
+            sel, key = mods == modality, seg_key(str(modality))
+            removals = changes.get(key, _Change([])).removed
+            changes[key] = _Change(removals, new_ids[sel].tolist(), stored[sel], raw[sel])
 
     def add_vectors(self, vectors: np.ndarray, *, modality: str, paths: Sequence[str],
                     model: str | None = None) -> list[int]:
@@ -548,6 +631,14 @@ class Storage:
                 switched = conn.execute(sa.update(T_items).where(T_items.c.status == OK)
                                         .values(model=target["reembed:model"])).rowcount
                 conn.execute(sa.delete(T_pending))
+                # What was computed from the old model's vectors goes with them: moments (the next index run
+                # embeds the windows again: facts["moments"] is how it knows they are missing) and tags (the
+                # label sets keep their labels; `xsearch tag` computes their vectors with the new model).
+                conn.execute(sa.delete(T_segments))
+                conn.execute(sa.update(T_items).where(sa.func.json_extract(T_items.c.facts, "$.moments").is_not(None))
+                             .values(facts=sa.func.json_remove(T_items.c.facts, "$.moments")))
+                for table in (T_tags, T_tagged, T_label_vectors):
+                    conn.execute(sa.delete(table))
                 _meta_set(conn, "model", target["reembed:model"])
                 _meta_set(conn, "model_name", target["reembed:model_name"] or target["reembed:model"])
                 if target["reembed:dim"] is not None:
@@ -620,7 +711,8 @@ class Storage:
         def fetch(wanted: np.ndarray, *, check_modality: bool = False) -> tuple[np.ndarray, np.ndarray]:
             # Candidates come from this modality's index; caller-given ids may be anything.
             with self._connect() as conn:
-                return _fetch(conn, wanted, fmt, modality=modality if check_modality else None)
+                return _fetch(conn, wanted, fmt, modality=modality if check_modality else None,
+                              segments=is_seg_key(modality))
 
         return mi.search(q, int(k), fetch, ids=restrict, policy=self.policy)
 
@@ -638,12 +730,12 @@ class Storage:
     def load_indexes(self) -> None:
         """Load every modality's index now (each is otherwise loaded on first use); a missing, unreadable
         or stale file is rebuilt from the database either way."""
-        for modality in self._modalities():
+        for modality in self._index_keys():
             self._index(modality)
 
     def index_info(self) -> dict[str, dict]:
         out = {}
-        for modality in self._modalities():
+        for modality in self._index_keys():
             mi = self._index(modality)
             if mi is None:
                 continue
@@ -660,7 +752,7 @@ class Storage:
         """Modalities whose index file does not reflect the database: missing, or saved at another database
         write (a run killed before its final save leaves them so). Reads only the sidecars, not the indexes."""
         with self._connect() as conn:
-            mods = set(self._modalities(conn))
+            mods = set(self._index_keys(conn))
             # A modality whose last item left keeps its counter (and an empty index file) until a rebuild.
             gens = {m: _gen(conn, m) for m in mods | self._index_files()}
         stale = []
@@ -683,7 +775,7 @@ class Storage:
             if not self.read_only:
                 with self._write() as conn:  # the counters are derived too: set them from the items
                     _recount(conn)
-            targets = [modality] if modality else sorted(set(self._modalities()) | self._index_files())
+            targets = [modality] if modality else sorted(set(self._index_keys()) | self._index_files())
             if not self.read_only:
                 self._check_index_dir()  # before a build that may take minutes
             for m in targets:
@@ -725,9 +817,10 @@ class Storage:
                 real, kept = _real_counts(conn), _counts(conn)
                 for m in sorted(set(real) | set(kept)):
                     if real.get(m, 0) != kept.get(m, 0):
-                        problems.append(f"{self._where}: the {m} item counter says {kept.get(m, 0)}, the database "
-                                        f"holds {real.get(m, 0)} ok {m} items; `xsearch doctor --repair` recounts")
-                mods = list(real)
+                        what = "windows" if is_seg_key(m) else "ok items"
+                        problems.append(f"{self._where}: the {m} counter says {kept.get(m, 0)}, the database "
+                                        f"holds {real.get(m, 0)} {what}; `xsearch doctor --repair` recounts")
+                mods = [m for m, n in real.items() if n > 0]
                 db_ids = {m: _modality_ids(conn, m) for m in mods}
                 gens = {m: _gen(conn, m) for m in set(mods) | self._index_files()}
         except StoreError as exc:
@@ -773,14 +866,22 @@ class Storage:
         return problems
 
     def damaged_vectors(self) -> list[Item]:
-        """Ok items whose stored vector is not a finite unit vector of the store's dimension: bytes damaged
-        inside the database, which SQLite's integrity check does not see (it checks pages, not values).
-        Every row is read, streamed in chunks: memory stays bounded."""
+        """Ok items whose stored vector, or the vector of one of their moments (windows), is not a finite
+        unit vector of the store's dimension: bytes damaged inside the database, which SQLite's integrity
+        check does not see (it checks pages, not values). Every row is read, streamed in chunks: memory
+        stays bounded."""
         fmt = self._format or self._refresh_format()
         if fmt is None:
             return []
+        bad: set[int] = set()
+        for table in (T_vectors, T_segments):
+            bad.update(self._damaged_rows(table, fmt))
+        return self.get_items(sorted(bad))
+
+    def _damaged_rows(self, table: sa.Table, fmt: tuple[int, str]) -> list[int]:
+        """The item ids of ``table``'s rows (vectors or segments) whose data is not a finite unit vector."""
         rowbytes = fmt[0] * vec.DTYPES[fmt[1]].itemsize
-        query = (sa.select(T_vectors.c.item_id, T_vectors.c.data).order_by(T_vectors.c.item_id)
+        query = (sa.select(table.c.item_id, table.c.data).order_by(table.c.item_id)
                  .execution_options(yield_per=_CHECK_ROWS))
         bad: list[int] = []
         with self._connect() as conn:
@@ -793,7 +894,7 @@ class Storage:
                     with np.errstate(over="ignore", invalid="ignore"):  # garbage may square past float32
                         x = vec.decode_rows(raw, len(rows), fmt[1], fmt[0], damaged_as_nan=True)
                     bad += [rows[i][0] for i in np.flatnonzero(np.isnan(x[:, 0]))]
-        return self.get_items(bad)
+        return bad
 
     def _cache_problems(self, mi: ModalityIndex, index_ids: np.ndarray) -> list[str]:
         """The re-rank cache must hold exactly the index's ids, each row with the database's bytes. Every
@@ -807,10 +908,7 @@ class Storage:
             return []
         if not np.array_equal(cache.ids, index_ids):
             return [f"{cache.data_path}: re-rank cache holds other ids than the {mi.modality} index"]
-        query = (sa.select(T_vectors.c.item_id, T_vectors.c.data)
-                 .join(T_items, T_items.c.id == T_vectors.c.item_id)
-                 .where(T_items.c.modality == mi.modality).order_by(T_vectors.c.item_id)
-                 .execution_options(yield_per=_CHECK_ROWS))
+        query = _vector_rows(mi.modality).execution_options(yield_per=_CHECK_ROWS)
         differ = 0
         with self._connect() as conn:
             for part in conn.execute(query).partitions(_CHECK_ROWS):
@@ -907,13 +1005,22 @@ class Storage:
         """Modalities with at least one ok item (by the counters)."""
         if conn is None:
             return list(self.counts())
-        return [m for m, n in _counts(conn).items() if n > 0]
+        return [m for m, n in _counts(conn).items() if n > 0 and not is_seg_key(m)]
+
+    def _index_keys(self, conn: sa.Connection | None = None) -> list[str]:
+        """Modalities with at least one ok item, then "<modality>#seg" for each with stored windows (by the
+        counters)."""
+        if conn is None:
+            with self._connect() as c:
+                return self._index_keys(c)
+        counts = _counts(conn)
+        return self._modalities(conn) + [m for m, n in counts.items() if n > 0 and is_seg_key(m)]
 
     def _index_files(self) -> set[str]:
         if not self.index_dir.is_dir():
             return set()
         return {p.stem for p in self.index_dir.iterdir()
-                if p.suffix in (".faiss", ".json") and _MODALITY_RE.match(p.stem)}
+                if p.suffix in (".faiss", ".json") and _INDEX_KEY_RE.match(p.stem)}
 
     # -- internals: database ---------------------------------------------------------------------------------
     @contextmanager
@@ -1053,14 +1160,12 @@ class _DbSource:
         return self._ids
 
     def fetch(self, ids: np.ndarray, *, check_modality: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        return _fetch(self.conn, ids, self.fmt, modality=self.modality if check_modality else None)
+        return _fetch(self.conn, ids, self.fmt, modality=self.modality if check_modality else None,
+                      segments=is_seg_key(self.modality))
 
     def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(ids, float32 unit vectors, stored bytes as (n, row bytes) uint8) in id order."""
-        query = (sa.select(T_vectors.c.item_id, T_vectors.c.data)
-                 .join(T_items, T_items.c.id == T_vectors.c.item_id)
-                 .where(T_items.c.modality == self.modality).order_by(T_vectors.c.item_id))
-        result = self.conn.execution_options(yield_per=size).execute(query)
+        result = self.conn.execution_options(yield_per=size).execute(_vector_rows(self.modality))
         for part in result.partitions(size):
             raw = np.frombuffer(b"".join(r[1] for r in part), dtype=np.uint8)
             yield (np.fromiter((r[0] for r in part), dtype=np.int64, count=len(part)),
@@ -1068,11 +1173,20 @@ class _DbSource:
 
 
 def _fetch(conn: sa.Connection, ids: np.ndarray, fmt: tuple[int, str], *,
-           modality: str | None) -> tuple[np.ndarray, np.ndarray]:
+           modality: str | None, segments: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(found ids, float32 vectors) for the ids that have a stored vector (of `modality`), in database order.
     Only primary-key lookups: joining items to filter by modality lets SQLite pick the modality index
-    and scan the whole modality (40 us a row instead of 3 measured)."""
+    and scan the whole modality (40 us a row instead of 3 measured). `segments`: ids are windows."""
     wanted = np.asarray(ids, dtype=np.int64).tolist()
+    if segments:
+        rows = []
+        for chunk in _chunks(wanted, _IN_CHUNK):
+            query = sa.select(T_segments.c.id, T_segments.c.data).where(T_segments.c.id.in_(chunk))
+            if modality is not None:
+                query = query.where(T_segments.c.modality == seg_modality(modality))
+            rows += conn.execute(query).all()
+        found = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return found, vec.decode([r[1] for r in rows], fmt[1], fmt[0])
     if modality is not None:
         keep: list[int] = []
         for chunk in _chunks(wanted, _IN_CHUNK):
@@ -1095,10 +1209,49 @@ def _decode(rows: Sequence[Sequence], fmt: tuple[int, str]) -> tuple[np.ndarray,
     return found, vec.decode([r[1] for r in rows], fmt[1], fmt[0])
 
 
+def seg_key(modality: str) -> str:
+    """The index of a modality's windows (moments)."""
+    return modality + SEG_SUFFIX
+
+
+def is_seg_key(key: str) -> bool:
+    return key.endswith(SEG_SUFFIX)
+
+
+def seg_modality(key: str) -> str:
+    return key[: -len(SEG_SUFFIX)]
+
+
+def _vector_rows(key: str) -> sa.Select:
+    """(id, stored bytes) of one index's vectors (an item modality or "<modality>#seg"), by id."""
+    if is_seg_key(key):
+        return (sa.select(T_segments.c.id, T_segments.c.data)
+                .where(T_segments.c.modality == seg_modality(key)).order_by(T_segments.c.id))
+    return (sa.select(T_vectors.c.item_id, T_vectors.c.data).join(T_items, T_items.c.id == T_vectors.c.item_id)
+            .where(T_items.c.modality == key).order_by(T_vectors.c.item_id))
+
+
 def _modality_ids(conn: sa.Connection, modality: str) -> np.ndarray:
-    query = (sa.select(T_vectors.c.item_id).join(T_items, T_items.c.id == T_vectors.c.item_id)
-             .where(T_items.c.modality == modality).order_by(T_vectors.c.item_id))
+    if is_seg_key(modality):
+        query = (sa.select(T_segments.c.id).where(T_segments.c.modality == seg_modality(modality))
+                 .order_by(T_segments.c.id))
+    else:
+        query = (sa.select(T_vectors.c.item_id).join(T_items, T_items.c.id == T_vectors.c.item_id)
+                 .where(T_items.c.modality == modality).order_by(T_vectors.c.item_id))
     return np.array(conn.execute(query).scalars().all(), dtype=np.int64)
+
+
+def _delete_segments(conn: sa.Connection, item_ids: Sequence[int]) -> dict[str, list[int]]:
+    """Delete these items' windows; returns the deleted window ids by segment index key."""
+    gone: dict[str, list[int]] = {}
+    for chunk in _chunks(sorted(set(item_ids)), _IN_CHUNK):
+        rows = conn.execute(sa.select(T_segments.c.id, T_segments.c.modality)
+                            .where(T_segments.c.item_id.in_(chunk))).all()
+        for ident, modality in rows:
+            gone.setdefault(seg_key(modality), []).append(ident)
+        if rows:
+            conn.execute(sa.delete(T_segments).where(T_segments.c.item_id.in_(chunk)))
+    return gone
 
 
 def _existing(conn: sa.Connection, paths: list[str]) -> dict[str, tuple[int, str, str]]:
@@ -1112,7 +1265,7 @@ def _existing(conn: sa.Connection, paths: list[str]) -> dict[str, tuple[int, str
 
 def _delete_items(conn: sa.Connection, ids: Sequence[int]) -> tuple[dict[str, list[int]], int]:
     """Delete items and their vectors; returns (ids that had vectors, by modality) and how many existed."""
-    gone: dict[str, list[int]] = {}
+    gone: dict[str, list[int]] = _delete_segments(conn, ids)
     count = 0
     for chunk in _chunks(sorted(set(ids)), _IN_CHUNK):
         rows = conn.execute(sa.select(T_items.c.id, T_items.c.modality, T_items.c.status)
@@ -1148,14 +1301,18 @@ def _parse_counts(rows: Iterable[Sequence]) -> dict[str, int]:
 
 
 def _real_counts(conn: sa.Connection) -> dict[str, int]:
-    """{modality: ok items}, counted (reads every item: for doctor and repair only)."""
+    """{index key: vectors}, counted: ok items per modality, windows per "<modality>#seg" (reads every item
+    and window: for doctor and repair only)."""
     query = (sa.select(T_items.c.modality, sa.func.count()).where(T_items.c.status == OK)
              .group_by(T_items.c.modality).order_by(T_items.c.modality))
-    return {m: int(n) for m, n in conn.execute(query)}
+    out = {m: int(n) for m, n in conn.execute(query)}
+    windows = sa.select(T_segments.c.modality, sa.func.count()).group_by(T_segments.c.modality)
+    out.update((seg_key(m), int(n)) for m, n in conn.execute(windows))
+    return out
 
 
 def _recount(conn: sa.Connection) -> None:
-    """Set the per-modality counters from the items (a full count: repair and bulk changes only)."""
+    """Set the counters from the items and windows (a full count: repair and bulk changes only)."""
     real, kept = _real_counts(conn), _counts(conn)
     for m in set(real) | set(kept):
         if real.get(m, 0) != kept.get(m, 0):
@@ -1167,8 +1324,8 @@ def _removed(gone: dict[str, list[int]]) -> dict[str, int]:
 
 
 def _bump_gens(conn: sa.Connection, deltas: dict[str, int]) -> dict[str, tuple[int, int]]:
-    """Advance each touched modality's write counter and move its count of ok items by its delta (items added
-    minus items removed), in this transaction: {modality: (counter before, after)}."""
+    """Advance each touched index's write counter and move its count (ok items of a modality, or windows of
+    "<modality>#seg") by its delta (added minus removed), in this transaction: {key: (counter before, after)}."""
     out = {}
     for m, delta in deltas.items():
         before = _gen(conn, m)
@@ -1214,7 +1371,7 @@ def _item(row: Sequence) -> Item:
                 indexed_at=indexed_at)
 
 
-def _stack(records: list[ItemRecord], where: str) -> np.ndarray:
+def _stack(records: list[ItemRecord] | list[SegmentRecord], where: str) -> np.ndarray:
     dims = {np.asarray(r.vector).size for r in records}
     if len(dims) > 1:
         raise StoreError(f"{where}: one put() holds vectors of different dimensions {sorted(dims)}; "

@@ -246,7 +246,7 @@ def remove_unused(directory: Path, modality: str, keep: set[str] | tuple = ()) -
             p.unlink(missing_ok=True)
 
 
-_FILE_RE = re.compile(r"^(?P<m>[a-z0-9][a-z0-9_-]{0,31})\.[0-9a-f]{%d}\.(vec|vecmap\.npy)$" % (2 * _TOKEN_BYTES))
+_FILE_RE = re.compile(r"^(?P<m>[a-z0-9][a-z0-9_-]{0,31}(?:#seg)?)\.[0-9a-f]{%d}\.(vec|vecmap\.npy)$" % (2 * _TOKEN_BYTES))
 
 
 def _own_file(name: str, modality: str) -> bool:

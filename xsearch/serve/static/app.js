@@ -107,6 +107,7 @@ function buildRequest() {
     form.append("k", String(K));
     if (state.like) form.append("like", String(state.like.id));
     for (const t of state.tags || []) form.append("tags", t);
+    if ($("#moments").checked) form.append("moments", "1");
     for (const m of UPLOAD_MODALITIES) {
       const entries = state.files.filter((f) => f.modality === m);
       for (const f of entries) {
@@ -120,6 +121,7 @@ function buildRequest() {
   if (text) body.text = text;
   if (state.like) body.like = state.like.id;
   if (state.tags && state.tags.length) body.filters = { tags: state.tags };
+  if ($("#moments").checked) body.moments = true;
   return { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } };
 }
 
@@ -189,6 +191,15 @@ function showMessage(text, isError = false) {
 
 // ---------------------------------------------------------------- results
 
+// A moment's span: "00:41:10.0-00:41:14.0"; as a media fragment, players start (and stop) there.
+function clock(t) {
+  const tenths = Math.round(t * 10), s = Math.floor(tenths / 10);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${pad(Math.floor(s / 3600))}:${pad(Math.floor(s / 60) % 60)}:${pad(s % 60)}.${tenths % 10}`;
+}
+function spanOf(r) { return r.start == null ? "" : `${clock(r.start)}-${clock(r.end)}`; }
+function mediaSrc(r) { return r.start == null ? r.media_url : `${r.media_url}#t=${r.start},${r.end}`; }
+
 function mediaFor(r) {
   if (!r.media_url) return el("div", { class: "media missing" }, "file not available");
   switch (r.modality) {
@@ -196,11 +207,11 @@ function mediaFor(r) {
       return el("div", { class: "media image" }, el("img", { src: r.media_url, alt: r.name, loading: "lazy" }));
     case "audio":
       return el("div", { class: "media audio" }, el("span", { class: "wave", "aria-hidden": "true" }, "∿∿∿∿"),
-        el("audio", { controls: "", preload: "metadata", src: r.media_url, "aria-label": "play " + r.name }));
+        el("audio", { controls: "", preload: "metadata", src: mediaSrc(r), "aria-label": "play " + r.name }));
     case "video":
       // The poster is a server-rendered frame: it shows even when the browser cannot decode the codec.
       return el("div", { class: "media video" }, el("video", { controls: "", preload: "metadata", muted: "",
-        src: r.media_url, poster: r.preview_url, "aria-label": "play " + r.name }));
+        src: mediaSrc(r), poster: r.preview_url, "aria-label": "play " + r.name }));
     case "text":
       return el("div", { class: "media text" }, el("p", { class: "snippet" }, (r.facts && r.facts.snippet) || r.name));
     case "imu": // the plot's colours, as drawn by xsearch/serve/preview.py (CHANNEL_COLOURS)
@@ -215,7 +226,9 @@ function mediaFor(r) {
 }
 
 function searchLike(r) {
-  state.like = { id: r.id, name: r.name };
+  // More like this moment (its span of the file), or this file.
+  state.like = r.start == null ? { id: r.id, name: r.name }
+    : { id: `${r.path}#t=${r.start},${r.end}`, name: `${r.name} ${spanOf(r)}` };
   state.files = [];
   $("#q").value = "";
   renderChips();
@@ -231,7 +244,7 @@ function renderResults(results) {
     const card = el("article", { class: "result", "data-id": r.id, "data-modality": r.modality, title: r.path },
       mediaFor(r),
       el("div", { class: "caption" },
-        el("span", { class: "name" }, r.name),
+        el("span", { class: "name" }, r.name, ...(r.start == null ? [] : [el("span", { class: "span" }, " " + spanOf(r))])),
         el("span", { class: "score" }, r.score.toFixed(3)),
         el("span", { class: "badge " + r.modality }, r.modality),
         // The keyboard's (and screen reader's) way to what a click on the card does.

@@ -93,20 +93,23 @@ function renderDuplicates(groups) {
 }
 
 function setupDuplicatesTab() {
-  const btn = el("button", { type: "button", id: "dups-tab", title: "groups of near-duplicate items" }, "duplicates");
+  // A view of its own, not a search target: a toggle button beside the ARIA tablist, not a tab in it.
+  const btn = el("button", { type: "button", id: "dups-tab", class: "dups-toggle", "aria-pressed": "false",
+    title: "groups of near-duplicate items" }, "duplicates");
+  const leave = () => {
+    $("#results").classList.remove("dups");
+    btn.classList.remove("active");
+    btn.setAttribute("aria-pressed", "false");
+  };
   btn.addEventListener("click", () => {
-    document.querySelectorAll("#tabs button").forEach((b) => b.classList.toggle("active", b === btn));
+    btn.classList.add("active");
+    btn.setAttribute("aria-pressed", "true");
     showDuplicates();
   });
-  // Any other tab (or a search) leaves the duplicates view.
-  document.querySelectorAll("#tabs button").forEach((b) => b.addEventListener("click", () => {
-    if (b !== btn) $("#results").classList.remove("dups");
-  }));
-  $("#search-form").addEventListener("submit", () => {
-    $("#results").classList.remove("dups");
-    $("#dups-tab").classList.remove("active");
-  });
-  $("#tabs").append(btn);
+  // Any tab (or a search) leaves the duplicates view.
+  document.querySelectorAll("#tabs button").forEach((b) => b.addEventListener("click", leave));
+  $("#search-form").addEventListener("submit", leave);
+  $("#tabs").after(btn);
 }
 
 setupTagFilter();
