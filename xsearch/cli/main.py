@@ -39,6 +39,9 @@ err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=
 StoreOpt = typer.Option(None, "--store", help="Store folder (default: $XSEARCH_STORE, else $XSEARCH_HOME/store).", envvar="XSEARCH_STORE")
 ModelOpt = typer.Option(None, "--model", help="imagebind_huge, or a folder with config.json + checkpoint.pth (default: the store's model, else $XSEARCH_MODEL, else imagebind_huge).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+BatchSizeOpt = typer.Option(None, "--batch-size", min=1, help="Files embedded together (default: 8 on the CPU, 64 on a GPU).")
+WorkersOpt = typer.Option(None, "--workers", min=1, help="Decoding threads.")
 
 
 def _emit_json(obj) -> None:
@@ -150,9 +153,9 @@ def index(
     ),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Files embedded together (default: 8 on the CPU, 64 on a GPU)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    batch_size: Optional[int] = BatchSizeOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: str = DeviceOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     wait: bool = typer.Option(False, "--wait", help="If another xsearch index is writing to the store, wait for it instead of exiting."),
     moments: Optional[bool] = typer.Option(
@@ -200,9 +203,9 @@ def index(
 def reembed(
     model: Optional[str] = typer.Option(None, "--model", help="The model to embed every item with: imagebind_huge, or a folder with config.json + checkpoint.pth (default: that of an interrupted reembed, to continue it)."),
     store: Optional[Path] = StoreOpt,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Files embedded together (default: 8 on the CPU, 64 on a GPU)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decoding threads."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    batch_size: Optional[int] = BatchSizeOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: str = DeviceOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr (with --json: JSON lines)."),
     wait: bool = typer.Option(False, "--wait", help="If another xsearch command is writing to the store, wait for it instead of exiting."),
     as_json: bool = JsonOpt,
@@ -260,7 +263,7 @@ def query(
     moments: bool = typer.Option(False, "--moments", help="Return moments (START-END inside recordings indexed with --moments) instead of files. Any file input takes a span as PATH#t=START,END."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = DeviceOpt,
     as_json: bool = JsonOpt,
     paths_only: bool = typer.Option(False, "--paths", help="Print bare paths, one per line."),
     null: bool = typer.Option(False, "--null", "-0", help="Print bare paths as they are on disk, each ended by a NUL byte (for xargs -0): safe for any file name."),
@@ -449,7 +452,7 @@ def classify(
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the most probable labels."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Zero-shot classification: each file's labels ranked with their probabilities."""
@@ -484,7 +487,7 @@ def tag(
     template: List[str] = TemplateOpt,
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = DeviceOpt,
     wait: bool = typer.Option(False, "--wait", help="If another xsearch run is writing to the store, wait for it."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -513,7 +516,7 @@ def dups(
     cross_threshold: Optional[float] = typer.Option(None, "--cross-threshold", min=-1.0, max=1.0, help="Cosine for --cross pairs (default: --threshold)."),
     store: Optional[Path] = StoreOpt,
     model: Optional[str] = ModelOpt,
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = DeviceOpt,
     as_json: bool = JsonOpt,
     paths_only: bool = typer.Option(False, "--paths", help="Print the members of each group but its keeper, one path a line: the candidates to review."),
 ) -> None:
@@ -546,7 +549,7 @@ def serve(
     model: Optional[str] = ModelOpt,
     token: Optional[str] = typer.Option(None, "--token", envvar="XSEARCH_TOKEN", help="Require this token on every request (Bearer header or ?token=)."),
     max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", min=0.001, max=1_000_000, help="Largest request body accepted (MB); larger ones get 413."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = DeviceOpt,
 ) -> None:
     """Serve the web page and HTTP API (docs at /docs) over a store."""
     from xsearch.serve import check_bind, run
