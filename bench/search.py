@@ -45,8 +45,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import httpx  # noqa: E402
+from common import log, loadavg  # noqa: E402
 
 import xsearch  # noqa: E402
 from xsearch.storage import IndexPolicy, Storage  # noqa: E402
@@ -58,16 +60,6 @@ TARGETS = {  # bench/README.md's targets, checked at 1M
     "folder_ms_max": 10.0, "http_like_p50_ms_max": 15.0,
 }
 
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 class Clustered:
