@@ -159,3 +159,49 @@ def test_keeper_prefers_resolution_then_duration_then_newest():
     assert max([short_new, long_old], key=D.keeper_key) is long_old
     assert max([item(5, {}, 1), item(6, {}, 2)], key=D.keeper_key).id == 6
 
+
+
+def _scenes_video(path: Path, frames: list[np.ndarray], seconds_each: float = 4.0, fps: int = 4) -> Path:
+    """A silent MPEG-4 video showing each frame for ``seconds_each`` seconds, in turn."""
+    import av
+
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("mpeg4", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        for frame in frames:
+            for _ in range(int(seconds_each * fps)):
+                for p in vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+    return path
+
+
+def test_videos_with_moments_are_compared_window_by_window_so_a_shared_intro_is_not_enough(tmp_path, tiny_model):
+    from PIL import Image
+
+    intro, rest_a, rest_b = photo_frame(70), photo_frame(71), photo_frame(72)
+    media = tmp_path / "media"
+    media.mkdir()
+    _scenes_video(media / "a.mp4", [intro, rest_a])
+    _scenes_video(media / "b.mp4", [intro, rest_b])  # the same intro, then another scene
+    smaller = [np.asarray(Image.fromarray(f).resize((128, 96), Image.BICUBIC)) for f in (intro, rest_a)]
+    _scenes_video(media / "a-small.mp4", smaller)  # a at another resolution: a real duplicate
+    with xsearch.open(tmp_path / "store", model=tiny_model, device="cpu") as store:
+        store.index([media], moments=True)
+        by_name = {Path(it.path).name: it for it in store.storage.items(modality="video")}
+        vec = {n: store.storage.get_vectors([it.id])[0] for n, it in by_name.items()}
+        win = {n: np.stack([s.vector for s in sorted(store.storage.item_segments(it.id, vectors=True),
+                                                     key=lambda s: s.start) if s.modality == "video"])
+               for n, it in by_name.items()}
+        whole_ab = float(vec["a.mp4"] @ vec["b.mp4"])
+        aligned_ab = D.aligned_similarity(win["a.mp4"], win["b.mp4"])
+        aligned_dup = D.aligned_similarity(win["a.mp4"], win["a-small.mp4"])
+        # The whole-file vectors average the shared intro in, so they read as closer than the windows do.
+        assert aligned_ab < whole_ab and aligned_ab < aligned_dup
+        threshold = (max(aligned_ab, whole_ab - 1e-4) + min(whole_ab, aligned_dup)) / 2
+        threshold = min(threshold, aligned_dup - 1e-6, float(vec["a.mp4"] @ vec["a-small.mp4"]) - 1e-6)
+        assert aligned_ab < threshold <= whole_ab  # by the whole-file vector alone, a and b would be duplicates
+        groups = store.duplicates(target="video", threshold=threshold)
+    assert [sorted(_names(g)) for g in groups] == [["a-small.mp4", "a.mp4"]]

@@ -517,7 +517,10 @@ class Store:
             quantizer = None
             if len(ids) > D.EXACT_MAX:
                 quantizer = self.storage.coarse_quantizer(m) or D.train_quantizer(x)
-            comps = D.components(D.similar_pairs(x, float(threshold), quantizer, probes))
+            pairs = D.similar_pairs(x, float(threshold), quantizer, probes)
+            if m == "video" and len(pairs):
+                pairs = self._aligned_video_pairs(ids, pairs, float(threshold))
+            comps = D.components(pairs)
             items = {it.id: it for it in self.storage.get_items([int(ids[i]) for c in comps for i in c])}
             for comp in comps:
                 rows = [i for i in comp if int(ids[i]) in items]
@@ -526,6 +529,26 @@ class Store:
         if cross:
             groups += self._cross_duplicates(counts, float(threshold if cross_threshold is None else cross_threshold))
         return groups
+
+    def _aligned_video_pairs(self, ids: np.ndarray, pairs: np.ndarray, threshold: float) -> np.ndarray:
+        """Video pairs whose frame windows (moments) agree too, where both videos have them: window i of one
+        against window i of the other, their mean cosine at least ``threshold`` over as many windows as the
+        longer has (a missing window counts 0). A shared intro alone no longer makes two videos duplicates;
+        videos without windows are judged by their whole-file vector."""
+        from xsearch.query.dups import aligned_similarity
+
+        windows: dict[int, np.ndarray] = {}
+
+        def frames(row: int) -> np.ndarray:
+            if row not in windows:
+                segs = self.storage.item_segments(int(ids[row]), vectors=True)
+                got = [s.vector for s in sorted(segs, key=lambda s: s.start) if s.modality == "video"]
+                windows[row] = np.stack(got) if got else np.zeros((0, 0), np.float32)
+            return windows[row]
+
+        keep = [k for k, (a, b) in enumerate(pairs) if not (len(frames(int(a))) and len(frames(int(b))))
+                or aligned_similarity(frames(int(a)), frames(int(b))) >= threshold]
+        return pairs[keep]
 
     def _all_vectors(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
         from xsearch.query.dups import memory_rows

@@ -171,3 +171,11 @@ def memory_rows(n: int, d: int) -> str:
     are float16 by default anyway)."""
     return "float32" if n * d * 4 <= 1 << 30 else "float16"
 
+
+def aligned_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine of two recordings' windows taken at the same times (row i with row i; unit rows), over
+    as many windows as the longer has: a window the other lacks counts 0, so a shared start is not enough."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0.0
+    return float(np.einsum("ij,ij->i", a[:n].astype(np.float32), b[:n].astype(np.float32)).sum() / max(len(a), len(b)))
