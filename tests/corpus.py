@@ -42,15 +42,21 @@ def write_video(path: Path, seed: int, seconds: float = 2.0, fps: int = 8, size=
         if as_ is not None:
             t = np.arange(int(seconds * 16000)) / 16000
             samples = (0.2 * np.sin(2 * math.pi * (300 + 50 * seed) * t)).astype(np.float32)
-            for start in range(0, len(samples), 1024):
-                chunk = samples[start : start + 1024]
-                frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
-                frame.sample_rate = 16000
-                for p in as_.encode(frame):
-                    c.mux(p)
-            for p in as_.encode():
-                c.mux(p)
+            mux_mono(c, as_, samples)
     return path
+
+
+def mux_mono(container, stream, samples, rate: int = 16000) -> None:
+    """Encode mono float32 ``samples`` into an open PyAV audio ``stream`` of ``container``, flushed."""
+    import av
+
+    for start in range(0, len(samples), 1024):
+        frame = av.AudioFrame.from_ndarray(samples[None, start : start + 1024], format="flt", layout="mono")
+        frame.sample_rate = rate
+        for p in stream.encode(frame):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)
 
 
 def write_depth_png(path: Path, seed: int, size=(80, 60)) -> Path:

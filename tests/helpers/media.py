@@ -10,6 +10,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
+from tests.corpus import mux_mono
+
 
 def image_variants(src: Path, folder: Path) -> list[Path]:
     """``src`` copied, re-encoded as JPEG q60, resized to 3/4 (PNG), cropped by 4 pixels a side."""
@@ -46,13 +48,7 @@ def static_video(path: Path, frame: np.ndarray, seconds: float = 3.0, fps: int =
             c.mux(p)
         t = np.arange(int(seconds * 16000)) / 16000
         samples = (0.3 * np.sin(2 * math.pi * freq * t) * (1 + 0.5 * np.sin(2 * math.pi * 3 * t))).astype(np.float32)
-        for start in range(0, len(samples), 1024):
-            af = av.AudioFrame.from_ndarray(samples[None, start: start + 1024], format="flt", layout="mono")
-            af.sample_rate = 16000
-            for p in aus.encode(af):
-                c.mux(p)
-        for p in aus.encode():
-            c.mux(p)
+        mux_mono(c, aus, samples)
     return path
 
 
